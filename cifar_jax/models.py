@@ -1,0 +1,84 @@
+"""The tutorial's two classifiers as plain Flax modules: `model.apply(params, images) -> logits`.
+
+Keras parity: kernels start glorot_uniform, biases zero, convolutions pad 'VALID'.
+Both models return logits; apply `jax.nn.softmax` where probabilities are wanted.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+glorot_uniform = nn.initializers.glorot_uniform()
+
+
+def max_pool_2x2(x):
+    """2x2 max pooling, stride 2, 'VALID' (a trailing odd row/column is dropped, as in Keras).
+
+    Equal to `nn.max_pool(x, (2, 2), strides=(2, 2))`, written as a reshape and a max so that
+    XLA:CPU differentiates it without its slow select-and-scatter kernel.
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1, precision=None):
+    """A stride-1 'VALID' NHWC convolution as shifted slices and one matmul (im2col).
+
+    Drop-in for `lax.conv_general_dilated` in `nn.Conv(..., conv_general_dilated=...)`: the
+    parameters and the maths are the same, but XLA:CPU's convolution kernels are slow at the
+    small channel counts of this CNN, and one matmul over the kh*kw shifted views is not.
+    Anything but the plain case is handed to `lax.conv_general_dilated` unchanged.
+    """
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    plain = (tuple(window_strides) == (1, 1) and padding == "VALID" and feature_group_count == 1
+             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation)))
+    if not plain:
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+            precision=precision)
+    kh, kw, cin, cout = rhs.shape
+    oh, ow = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
+    patches = jnp.concatenate(
+        [lhs[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
+    return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
+
+
+class MLP(nn.Module):
+    """Flatten -> Dense(3000, relu) -> Dense(1000, relu) -> Dense(10): 12,230,010 parameters."""
+
+    hidden: tuple[int, ...] = (3000, 1000)
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width, kernel_init=glorot_uniform)(x))
+        return nn.Dense(self.num_classes, kernel_init=glorot_uniform)(x)
+
+
+class CNN(nn.Module):
+    """[Conv(32, 3x3) -> pool] -> [Conv(64, 3x3) -> pool] -> Dense(64) -> Dense(10): 167,562 parameters."""
+
+    features: tuple[int, ...] = (32, 64)
+    dense: int = 64
+    num_classes: int = 10
+    conv: object = conv_as_matmul  # or `lax.conv_general_dilated`: same parameters, same maths
+
+    @nn.compact
+    def __call__(self, x):
+        for f in self.features:
+            x = nn.Conv(f, (3, 3), padding="VALID", kernel_init=glorot_uniform,
+                        conv_general_dilated=self.conv)(x)
+            x = max_pool_2x2(nn.relu(x))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(self.dense, kernel_init=glorot_uniform)(x))
+        return nn.Dense(self.num_classes, kernel_init=glorot_uniform)(x)
+
+
+MODELS = {"mlp": MLP, "cnn": CNN}

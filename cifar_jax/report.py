@@ -1,0 +1,67 @@
+"""What a finished run shows a person: the confusion matrix, a per-class report, training curves."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def confusion_matrix(labels, predictions, num_classes):
+    """counts[i, j] = how many images of true class i were predicted as class j."""
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (np.asarray(labels), np.asarray(predictions)), 1)
+    return counts
+
+
+def classification_report(counts, class_names):
+    """Per-class precision, recall, F1 and support, then accuracy and macro averages, as text."""
+    tp = np.diag(counts).astype(float)
+    support = counts.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.nan_to_num(tp / counts.sum(axis=0))
+        recall = np.nan_to_num(tp / support)
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    width = max(len(n) for n in class_names) + 2
+    lines = [f"{'':{width}}precision    recall  f1-score   support", ""]
+    for name, p, r, f, s in zip(class_names, precision, recall, f1, support):
+        lines.append(f"{name:>{width}}{p:10.4f}{r:10.4f}{f:10.4f}{s:10d}")
+    total = int(support.sum())
+    lines += ["", f"{'accuracy':>{width}}{'':20}{tp.sum() / total:10.4f}{total:10d}",
+              f"{'macro avg':>{width}}{precision.mean():10.4f}{recall.mean():10.4f}"
+              f"{f1.mean():10.4f}{total:10d}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion_matrix(counts, class_names, path, title="Confusion matrix (test set)"):
+    """Counts written in each cell, coloured by the row-normalised rate (recall per class)."""
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    ticks = np.arange(len(class_names))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
+           xlabel="predicted class", ylabel="true class", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    for i, j in np.ndindex(counts.shape):
+        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                color="white" if rates[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_history(history, path):
+    """Loss and accuracy per epoch, train and test, from the rows of metrics.jsonl."""
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        for split in ("train", "test"):
+            ax.plot(epochs, [row[f"{split}_{key}"] for row in history], marker="o", label=split)
+        ax.set(xlabel="epoch", ylabel=key, title=key)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
