@@ -57,9 +57,9 @@ def load_cifar10(data_dir=None, download=True):
     builder = tfds.builder("cifar10", data_dir=data_dir)
 
     def read(split):
-        ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
-        images, labels = tfds.as_numpy(ds)
-        return images.astype(np.uint8), labels.astype(np.int32)
+        batches = list(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(10_000)))
+        return (np.concatenate([images for images, _ in batches]).astype(np.uint8),
+                np.concatenate([labels for _, labels in batches]).astype(np.int32))
 
     try:
         return {split: read(split) for split in ("train", "test")}

@@ -4,7 +4,6 @@
     python -m cifar_jax.train --model mlp        # the tutorial's MLP, SGD, 5 epochs
 """
 
-import argparse
 import json
 import os
 import sys
@@ -15,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cifar_jax import checkpoint, data, report, steps
+from cifar_jax.cli import OneLineParser, positive
 from cifar_jax.config import MODEL_DEFAULTS, Config, ConfigError
 from cifar_jax.models import MODELS
 
@@ -102,27 +102,6 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True):
         f.write(report.classification_report(counts, data.CLASS_NAMES))
     report.plot_history(history, os.path.join(workdir, "history.png"))
     return history
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr and exit code 2, without the usage dump."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not value > 0 or value == float("inf"):
-            noun = "integer" if kind is int else "number"
-            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def parse_args(argv=None):

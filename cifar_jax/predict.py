@@ -1,0 +1,106 @@
+"""Predict the class of images with a trained run.
+
+    python -m cifar_jax.predict --workdir runs/cnn-... cat.png plane.jpg [--json]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cifar_jax import checkpoint, steps
+from cifar_jax.cli import OneLineParser
+from cifar_jax.config import Config, ConfigError
+from cifar_jax.data import CLASS_NAMES, IMAGE_SHAPE, to_float
+from cifar_jax.models import MODELS
+
+
+class RunError(RuntimeError):
+    """The run directory cannot be used; the message says why and what to do."""
+
+
+def load_run(workdir):
+    """(config, model, params) of the newest checkpoint in a training run's `workdir`."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise RunError(f"{workdir} is not a cifar_jax run (no config.json): "
+                       "pass the --workdir of a finished `python -m cifar_jax.train` run")
+    try:
+        with open(config_path) as f:
+            config = Config.from_json(f.read())
+    except (ValueError, TypeError, ConfigError) as e:
+        raise RunError(f"{config_path} is unreadable ({e}): pass the --workdir of a cifar_jax run") from None
+    model = MODELS[config.model]()
+    like = steps.create_train_state(model, config.optimizer, config.learning_rate, jax.random.key(0))
+    mngr = checkpoint.manager(workdir, config.keep)
+    if mngr.latest_step() is None:
+        raise RunError(f"{workdir} has no checkpoint yet: train at least one epoch first")
+    state, _ = checkpoint.restore(mngr, like)
+    return config, model, state.params
+
+
+def load_image(path):
+    """Any image file PIL reads -> uint8 [32, 32, 3] RGB, resized if it is not 32x32."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != IMAGE_SHAPE[:2]:
+                image = image.resize(IMAGE_SHAPE[:2], Image.Resampling.BICUBIC)
+            return np.asarray(image, np.uint8)
+    except UnidentifiedImageError:
+        raise ValueError("not an image PIL can read (PNG or JPEG expected)") from None
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from None
+
+
+def predict_proba(model, params, images):
+    """uint8 images [N, 32, 32, 3] -> class probabilities [N, 10]."""
+    return np.asarray(jax.nn.softmax(jax.jit(model.apply)(params, to_float(images))))
+
+
+def parse_args(argv=None):
+    p = OneLineParser(prog="python -m cifar_jax.predict",
+                      description="Print the predicted CIFAR-10 class of each image, with its "
+                                  "probability and the top 3 classes, using a trained run.")
+    p.add_argument("--workdir", required=True, help="the run folder written by cifar_jax.train")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (PNG, JPEG, any size or mode: converted to 32x32 RGB)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line: path, label, probability, top3")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    loaded, failed = [], 0
+    for path in args.images:
+        try:
+            loaded.append((path, load_image(path)))
+        except ValueError as e:
+            print(f"error: {path}: {e}", file=sys.stderr)
+            failed += 1
+    try:
+        _, model, params = load_run(args.workdir)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if loaded:
+        probs = predict_proba(model, params, np.stack([image for _, image in loaded]))
+        for (path, _), p in zip(loaded, probs):
+            top3 = [(CLASS_NAMES[i], float(p[i])) for i in np.argsort(-p)[:3]]
+            label, probability = top3[0]
+            if args.json:
+                print(json.dumps({"path": path, "label": label, "probability": probability,
+                                  "top3": [{"label": c, "probability": q} for c, q in top3]}))
+            else:
+                print(f"{path}: {label} ({probability:.1%})  top 3: "
+                      + ", ".join(f"{c} {q:.1%}" for c, q in top3))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

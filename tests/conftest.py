@@ -1,0 +1,28 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from cifar_jax.config import Config  # noqa: E402
+from cifar_jax.train import train_and_evaluate  # noqa: E402
+
+MOCK_EXAMPLES = 70  # per split: two full batches of 32 and a partial one of 6
+
+
+@pytest.fixture
+def mock_cifar10():
+    """tfds.load/builder serve random CIFAR-10-shaped examples: no download, no real data."""
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        yield
+
+
+@pytest.fixture(scope="session")
+def cnn_run(tmp_path_factory):
+    """A finished 2-epoch CNN run on mock data: (config, workdir, history)."""
+    workdir = str(tmp_path_factory.mktemp("run") / "cnn")
+    config = Config.for_model("cnn", epochs=2, eval_batch_size=32)
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        history = train_and_evaluate(config, workdir, progress=False)
+    return config, workdir, history

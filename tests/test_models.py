@@ -1,0 +1,87 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cifar_jax.models import CNN, MLP, conv_as_matmul, max_pool_2x2
+
+
+def n_params(params):
+    return sum(x.size for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("model, expected", [(MLP(), 12_230_010), (CNN(), 167_562)])
+def test_parameter_counts_match_keras(model, expected):
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    assert n_params(params) == expected
+
+
+@pytest.mark.parametrize("model", [MLP(), CNN()])
+def test_models_map_images_to_ten_logits(model):
+    x = jax.random.uniform(jax.random.key(1), (5, 32, 32, 3))
+    params = model.init(jax.random.key(0), x)
+    logits = model.apply(params, x)
+    assert logits.shape == (5, 10)
+    assert logits.dtype == jnp.float32
+    assert not np.allclose(jax.nn.softmax(logits).sum(-1), 0)
+
+
+def test_cnn_shapes_follow_valid_padding():
+    params = CNN().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    assert params["Conv_0"]["kernel"].shape == (3, 3, 3, 32)
+    assert params["Conv_1"]["kernel"].shape == (3, 3, 32, 64)
+    assert params["Dense_0"]["kernel"].shape == (6 * 6 * 64, 64)  # 32 -> 30 -> 15 -> 13 -> 6
+
+
+def test_init_is_glorot_uniform_with_zero_biases():
+    params = MLP().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    kernel = params["Dense_0"]["kernel"]
+    limit = np.sqrt(6 / (3072 + 3000))
+    assert float(jnp.abs(kernel).max()) <= limit
+    assert float(jnp.abs(kernel).max()) > 0.99 * limit
+    assert abs(float(kernel.std()) - limit / np.sqrt(3)) < 0.01 * limit
+    assert all(float(jnp.abs(layer["bias"]).max()) == 0 for layer in params.values())
+
+
+@pytest.mark.parametrize("shape", [(2, 30, 30, 4), (2, 13, 13, 3)])
+def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+    np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
+    g = jax.random.normal(jax.random.key(1), ref(x).shape)
+    grad = lambda f: jax.grad(lambda x: (f(x) * g).sum())(x)  # noqa: E731
+    np.testing.assert_array_equal(grad(max_pool_2x2), grad(ref))
+
+
+def test_conv_as_matmul_equals_lax_conv_and_its_gradients():
+    x = jax.random.normal(jax.random.key(0), (2, 15, 15, 32))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 32, 64))
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def loss(conv, x, w):
+        return (conv(x, w, (1, 1), "VALID", dimension_numbers=dn) ** 2).sum()
+
+    np.testing.assert_allclose(conv_as_matmul(x, w, (1, 1), "VALID", dimension_numbers=dn),
+                               lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn),
+                               rtol=1e-4, atol=1e-4)
+    for ours, ref in zip(jax.grad(loss, (1, 2))(conv_as_matmul, x, w),
+                         jax.grad(loss, (1, 2))(lax.conv_general_dilated, x, w)):
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_conv_as_matmul_hands_other_cases_to_lax():
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
+    conv = nn.Conv(4, (3, 3), strides=2, padding="SAME", conv_general_dilated=conv_as_matmul)
+    ref = nn.Conv(4, (3, 3), strides=2, padding="SAME")
+    params = ref.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(conv.apply(params, x), ref.apply(params, x))
+
+
+def test_cnn_is_the_same_function_with_either_convolution():
+    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+    params = CNN().init(jax.random.key(0), x)
+    np.testing.assert_allclose(CNN().apply(params, x),
+                               CNN(conv=lax.conv_general_dilated).apply(params, x),
+                               rtol=1e-4, atol=1e-5)

@@ -1,0 +1,76 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cifar_jax import data, steps
+from cifar_jax.models import CNN, MLP
+
+
+def fixed_batch(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": jnp.asarray(rng.integers(0, 256, (n, 32, 32, 3)), jnp.uint8),
+            "label": jnp.asarray(rng.integers(0, 10, n), jnp.int32),
+            "mask": jnp.ones(n, jnp.float32)}
+
+
+def new_state(model=None, optimizer="adam", lr=1e-3):
+    return steps.create_train_state(model or CNN(), optimizer, lr, jax.random.key(0))
+
+
+@pytest.mark.parametrize("model, optimizer, lr", [(CNN(), "adam", 1e-3), (MLP(), "sgd", 0.01)])
+def test_train_step_lowers_the_loss_on_a_fixed_batch(model, optimizer, lr):
+    state, batch = new_state(model, optimizer, lr), fixed_batch()
+    step = jax.jit(steps.train_step)
+    losses = []
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss_sum"] / metrics["count"]))
+    assert int(state.step) == 30
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_padded_partial_batch_trains_like_the_short_batch():
+    batch = fixed_batch(16)
+    padded = {"image": jnp.concatenate([batch["image"], jnp.zeros_like(batch["image"])]),
+              "label": jnp.concatenate([batch["label"], jnp.zeros_like(batch["label"])]),
+              "mask": jnp.concatenate([jnp.ones(16), jnp.zeros(16)])}
+    short, m_short = steps.train_step(new_state(), batch)
+    full, m_full = steps.train_step(new_state(), padded)
+    assert float(m_full["count"]) == 16
+    np.testing.assert_allclose(float(m_full["loss_sum"]), float(m_short["loss_sum"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(short.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_train_batches_scan_equals_a_python_loop_of_train_step():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (40, 32, 32, 3)), jnp.uint8)
+    labels = jnp.asarray(rng.integers(0, 10, 40), jnp.int32)
+    idx, mask = data.batch_indices(40, 16, jax.random.key(3))
+    scanned, metrics = steps.train_batches(new_state(), images, labels, idx, mask)
+    looped = new_state()
+    for i, m in zip(idx, mask):
+        looped, _ = steps.train_step(looped, {"image": images[i], "label": labels[i], "mask": m})
+    assert metrics["count"].tolist() == [16, 16, 8]
+    for a, b in zip(jax.tree.leaves(scanned.params), jax.tree.leaves(looped.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)  # Adam magnifies reassociation
+
+
+def test_eval_batches_counts_every_example_once():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (50, 32, 32, 3)), jnp.uint8)
+    labels = jnp.asarray(rng.integers(0, 10, 50), jnp.int32)
+    state = new_state()
+    idx, mask = data.batch_indices(50, 20)
+    metrics, predictions = steps.eval_batches(state, images, labels, idx, mask)
+    expected = state.apply_fn(state.params, data.to_float(images)).argmax(-1)
+    np.testing.assert_array_equal(np.asarray(predictions).reshape(-1)[:50], expected)
+    summary = steps.summarise(metrics)
+    assert summary["accuracy"] == pytest.approx(float((expected == labels).mean()))
+
+
+def test_summarise_takes_a_list_of_stacked_chunks():
+    chunk = {"loss_sum": np.array([2.0, 4.0]), "correct": np.array([1.0, 3.0]),
+             "count": np.array([4.0, 4.0])}
+    assert steps.summarise([chunk, chunk]) == {"loss": 0.75, "accuracy": 0.5}

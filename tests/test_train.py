@@ -1,0 +1,74 @@
+import json
+import os
+
+import pytest
+
+from cifar_jax.config import Config, ConfigError
+from cifar_jax.data import CLASS_NAMES
+from cifar_jax.train import train_and_evaluate
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_writes_every_output(cnn_run):
+    config, workdir, history = cnn_run
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "confusion_matrix.png",
+                                           "history.png", "metrics.jsonl", "report.txt"]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert rows == history
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for row in rows:
+        assert set(row) == {"epoch", "train_loss", "train_accuracy", "test_loss",
+                            "test_accuracy", "seconds"}
+        assert 0 <= row["train_accuracy"] <= 1 and 0 <= row["test_accuracy"] <= 1
+        assert row["train_loss"] > 0 and row["seconds"] > 0
+    for plot in ("confusion_matrix.png", "history.png"):
+        with open(os.path.join(workdir, plot), "rb") as f:
+            assert f.read(8) == PNG
+    assert Config.from_json(open(os.path.join(workdir, "config.json")).read()) == config
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
+
+
+def test_report_lists_every_class_and_all_test_images(cnn_run):
+    _, workdir, history = cnn_run
+    text = open(os.path.join(workdir, "report.txt")).read()
+    for name in CLASS_NAMES:
+        assert f" {name} " in text
+    accuracy_line = next(line for line in text.splitlines() if "accuracy" in line)
+    assert accuracy_line.split()[-1] == "70"  # every mock test image, the partial batch too
+    assert float(accuracy_line.split()[-2]) == pytest.approx(history[-1]["test_accuracy"], abs=1e-4)
+
+
+def test_same_seed_same_metrics(mock_cifar10, tmp_path):
+    config = Config.for_model("mlp", epochs=1, eval_batch_size=32)
+    a = train_and_evaluate(config, str(tmp_path / "a"), progress=False)
+    b = train_and_evaluate(config, str(tmp_path / "b"), progress=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(a) == strip(b)
+
+
+def test_non_empty_workdir_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"workdir .* is not empty: choose a new --workdir"):
+        train_and_evaluate(Config.for_model("cnn"), str(tmp_path))
+    assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+def test_config_defaults_follow_the_tutorial():
+    mlp, cnn = Config.for_model("mlp"), Config.for_model("cnn")
+    assert (mlp.optimizer, mlp.learning_rate, mlp.epochs, mlp.batch_size) == ("sgd", 0.01, 5, 32)
+    assert (cnn.optimizer, cnn.learning_rate, cnn.epochs, cnn.batch_size) == ("adam", 1e-3, 10, 32)
+    assert Config.for_model("mlp", optimizer="adam").learning_rate == 1e-3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model": "resnet"}, "unknown model 'resnet': choose one of mlp, cnn"),
+    ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop': choose one of sgd, adam"),
+    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+    ({"batch_size": -3}, "batch_size must be a positive integer, got -3"),
+    ({"learning_rate": 0.0}, "learning_rate must be a positive number, got 0.0"),
+])
+def test_bad_settings_are_named(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        Config.for_model(**overrides)
+    assert str(error.value) == message
