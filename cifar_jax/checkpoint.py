@@ -1,9 +1,17 @@
-"""Train-state checkpoints in `WORKDIR/checkpoints`, written with Orbax after every epoch."""
+"""Train-state checkpoints in `WORKDIR/checkpoints/EPOCH`, written with Orbax after every epoch.
+
+Orbax writes each checkpoint into a temporary folder and renames it into place when complete,
+so a crash during a save leaves the previous checkpoints as they were.
+"""
 
 import os
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint; the message says what to do."""
 
 
 def manager(workdir, keep=3):
@@ -17,8 +25,16 @@ def save(mngr, epoch, state):
     mngr.save(epoch, args=ocp.args.StandardSave(state))
 
 
-def restore(mngr, like, epoch=None):
-    """The state saved at `epoch` (default: the newest), shaped like the train state `like`."""
-    epoch = mngr.latest_step() if epoch is None else epoch
+def restore(mngr, like):
+    """(state, epoch) of the newest complete checkpoint, shaped like the train state `like`."""
+    epoch = mngr.latest_step()
+    if epoch is None:
+        raise CheckpointError(f"no checkpoint in {mngr.directory}: the run never finished an epoch;"
+                              " start it again in a new --workdir")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return mngr.restore(epoch, args=ocp.args.StandardRestore(abstract)), epoch
+    try:
+        return mngr.restore(epoch, args=ocp.args.StandardRestore(abstract)), epoch
+    except Exception as e:  # orbax raises many kinds on damaged or foreign files
+        raise CheckpointError(
+            f"checkpoint {mngr.directory / str(epoch)} cannot be read ({type(e).__name__}): "
+            "delete that folder to fall back to the one before, or start a new run") from None

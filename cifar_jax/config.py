@@ -12,6 +12,9 @@ MODEL_DEFAULTS = {  # the Keras tutorial's recipe for each model
 LEARNING_RATES = {"sgd": 0.01, "adam": 1e-3}  # Keras's defaults for each optimiser
 
 
+RUNTIME_FIELDS = ("data_dir", "download", "keep")  # may change when a run resumes: results don't depend on them
+
+
 class ConfigError(ValueError):
     """A setting is invalid; the message says which and what is allowed."""
 

@@ -57,7 +57,9 @@ def load_cifar10(data_dir=None, download=True):
     builder = tfds.builder("cifar10", data_dir=data_dir)
 
     def read(split):
-        batches = list(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(10_000)))
+        splits = builder.info.splits  # empty when not prepared, or mocked
+        size = splits[split].num_examples if split in splits else 10_000  # one parallel-decoded batch
+        batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=size, as_supervised=True)))
         return (np.concatenate([images for images, _ in batches]).astype(np.uint8),
                 np.concatenate([labels for _, labels in batches]).astype(np.int32))
 

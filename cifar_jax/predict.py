@@ -36,10 +36,10 @@ def load_run(workdir):
         raise RunError(f"{config_path} is unreadable ({e}): pass the --workdir of a cifar_jax run") from None
     model = MODELS[config.model]()
     like = steps.create_train_state(model, config.optimizer, config.learning_rate, jax.random.key(0))
-    mngr = checkpoint.manager(workdir, config.keep)
-    if mngr.latest_step() is None:
-        raise RunError(f"{workdir} has no checkpoint yet: train at least one epoch first")
-    state, _ = checkpoint.restore(mngr, like)
+    try:
+        state, _ = checkpoint.restore(checkpoint.manager(workdir, config.keep), like)
+    except checkpoint.CheckpointError as e:
+        raise RunError(str(e)) from None
     return config, model, state.params
 
 

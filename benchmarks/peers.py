@@ -1,0 +1,100 @@
+"""The same two models and training recipe in Keras and in PyTorch, for measuring against.
+
+Each `*_trainer(model, batch_size, images, labels)` returns a function that trains one pass over
+the given in-memory float32 images (NHWC, [0, 1]), the way each framework's own tutorials train
+(Keras's `model.fit`, PyTorch's ordinary loop), and returns the images/s it reached.
+"""
+
+import os
+import time
+
+import numpy as np
+
+
+def keras_model(name):
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    layers = keras.layers
+    if name == "mlp":
+        body = [layers.Flatten(), layers.Dense(3000, activation="relu"),
+                layers.Dense(1000, activation="relu"), layers.Dense(10, activation="softmax")]
+        optimizer = keras.optimizers.SGD(learning_rate=0.01)
+    else:
+        body = [layers.Conv2D(32, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2)),
+                layers.Conv2D(64, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2)),
+                layers.Flatten(), layers.Dense(64, activation="relu"),
+                layers.Dense(10, activation="softmax")]
+        optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+    model = keras.Sequential([keras.Input((32, 32, 3)), *body])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def keras_trainer(name, batch_size, images, labels, skip=10):
+    """Keras's steady state: timed from batch `skip` to the end of `fit`, so fit's own start-up
+    (which a real epoch pays once per 1,563 steps) is not charged to a short pass."""
+    import keras
+
+    model = keras_model(name)
+    times = {}
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == skip:
+                times["start"] = time.perf_counter()
+
+    def train_pass():
+        model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0, callbacks=[StepTimer()])
+        timed_images = min(len(images), -(-len(images) // batch_size) * batch_size) - skip * batch_size
+        return timed_images / (time.perf_counter() - times["start"])
+
+    return train_pass
+
+
+def torch_trainer(name, batch_size, images, labels):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    if name == "mlp":
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 3000), nn.ReLU(), nn.Linear(3000, 1000),
+                              nn.ReLU(), nn.Linear(1000, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    else:
+        model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(64 * 6 * 6, 64), nn.ReLU(), nn.Linear(64, 10))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # NCHW, torch's layout
+    y = torch.from_numpy(labels.astype(np.int64))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def train_pass():
+        start = time.perf_counter()
+        model.train()
+        for i in torch.randperm(len(x)).split(batch_size):
+            optimizer.zero_grad()
+            loss_fn(model(x[i]), y[i]).backward()
+            optimizer.step()
+        return len(x) / (time.perf_counter() - start)
+
+    return train_pass
+
+
+def available():
+    """The peers importable here, by name."""
+    found = {}
+    try:
+        import keras  # noqa: F401
+
+        found["keras"] = keras_trainer
+    except ImportError:
+        pass
+    try:
+        import torch  # noqa: F401
+
+        found["torch"] = torch_trainer
+    except ImportError:
+        pass
+    return found

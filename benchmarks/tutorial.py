@@ -1,0 +1,55 @@
+"""The whole tutorial end to end (MLP 5 epochs + CNN 10 epochs), cifar_jax against Keras.
+
+    python -m benchmarks.tutorial [--data-dir DIR] [--json out.json]
+
+Each side runs as a fresh process on the real CIFAR-10 (TFDS), so start-up, data loading,
+compilation, training and evaluation all count: cifar_jax is `python -m cifar_jax.train` twice
+(its default runs, plots and checkpoints included), Keras is `python -m benchmarks.keras_tutorial`.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def timed_run(args):
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return seconds, result.stdout
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tutorial", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", help="TFDS data dir with a prepared cifar10")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    data_args = ["--data-dir", args.data_dir] if args.data_dir else []
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        jax_seconds = 0.0
+        for model in ("mlp", "cnn"):
+            seconds, out = timed_run(["cifar_jax.train", "--model", model, "--no-progress",
+                                      "--workdir", f"{tmp}/{model}", *data_args])
+            jax_seconds += seconds
+            print(f"cifar_jax {model}: {seconds:.1f}s; {out.strip().splitlines()[-1]}", flush=True)
+        results["cifar_jax_seconds"] = jax_seconds
+    seconds, out = timed_run(["benchmarks.keras_tutorial", *data_args])
+    results["keras_seconds"] = seconds
+    results["keras"] = json.loads(out.strip().splitlines()[-1])
+    results["ratio"] = results["cifar_jax_seconds"] / results["keras_seconds"]
+    print(f"keras mlp+cnn: {seconds:.1f}s; {results['keras']}")
+    print(f"end to end: cifar_jax {results['cifar_jax_seconds']:.1f}s, keras {seconds:.1f}s, "
+          f"ratio {results['ratio']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
