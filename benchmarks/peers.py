@@ -31,23 +31,13 @@ def keras_model(name):
     return model
 
 
-def keras_trainer(name, batch_size, images, labels, skip=10):
-    """Keras's steady state: timed from batch `skip` to the end of `fit`, so fit's own start-up
-    (which a real epoch pays once per 1,563 steps) is not charged to a short pass."""
-    import keras
-
+def keras_trainer(name, batch_size, images, labels):
     model = keras_model(name)
-    times = {}
-
-    class StepTimer(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            if batch == skip:
-                times["start"] = time.perf_counter()
 
     def train_pass():
-        model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0, callbacks=[StepTimer()])
-        timed_images = min(len(images), -(-len(images) // batch_size) * batch_size) - skip * batch_size
-        return timed_images / (time.perf_counter() - times["start"])
+        start = time.perf_counter()
+        model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0)
+        return len(images) / (time.perf_counter() - start)
 
     return train_pass
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from benchmarks import peers
-from cifar_jax import data, steps
+from cifar_jax import data, parallel, steps
 from cifar_jax.config import Config
 from cifar_jax.models import MODELS
 
@@ -56,12 +56,15 @@ class JaxSide:
 
     def __init__(self, name, batch_size, n_images):
         config = Config.for_model(name)
+        mesh = parallel.data_mesh()  # as in training: batches split over all devices
+        replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh)
         rng = np.random.default_rng(0)
-        self.images = jax.device_put(rng.integers(0, 256, (n_images, 32, 32, 3), np.uint8))
-        self.labels = jax.device_put(rng.integers(0, 10, n_images).astype(np.int32))
-        self.state = steps.create_train_state(MODELS[name](), config.optimizer,
-                                              config.learning_rate, jax.random.key(0))
-        self.idx, self.mask = data.batch_indices(n_images, batch_size, jax.random.key(1))
+        self.images = jax.device_put(rng.integers(0, 256, (n_images, 32, 32, 3), np.uint8), replicate)
+        self.labels = jax.device_put(rng.integers(0, 10, n_images).astype(np.int32), replicate)
+        self.state = jax.device_put(steps.create_train_state(
+            MODELS[name](), config.optimizer, config.learning_rate, jax.random.key(0)), replicate)
+        self.idx, self.mask = jax.device_put(
+            data.batch_indices(n_images, batch_size, jax.random.key(1)), split)
         args = (self.state, self.images, self.labels, self.idx, self.mask)
         self.compile_s = _timed(lambda: steps.train_batches.lower(*args).compile())
         self.eval_compile_s = _timed(lambda: steps.eval_batches.lower(*args).compile())

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cifar_jax import parallel
+
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (32, 32, 3)
@@ -45,6 +47,8 @@ def load_cifar10(data_dir=None, download=True):
 
     Reads a prepared TFDS `cifar10` from `data_dir` (default: $TFDS_DATA_DIR, else
     ~/tensorflow_datasets); downloads it there first when it is missing and `download` is set.
+    In a multi-process run each process reads only its own part of each split, and the parts
+    are then shared, so every process ends with the whole dataset in the same order.
     """
     _hide_gpus_from_tensorflow()
     import tensorflow_datasets as tfds
@@ -59,9 +63,11 @@ def load_cifar10(data_dir=None, download=True):
     def read(split):
         splits = builder.info.splits  # empty when not prepared, or mocked
         size = splits[split].num_examples if split in splits else 10_000  # one parallel-decoded batch
-        batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=size, as_supervised=True)))
-        return (np.concatenate([images for images, _ in batches]).astype(np.uint8),
-                np.concatenate([labels for _, labels in batches]).astype(np.int32))
+        ds = builder.as_dataset(split=parallel.process_split(split), batch_size=size, as_supervised=True)
+        batches = list(tfds.as_numpy(ds))
+        images = np.concatenate([images for images, _ in batches]).astype(np.uint8)
+        labels = np.concatenate([labels for _, labels in batches]).astype(np.int32)
+        return parallel.gather_from_processes(images), parallel.gather_from_processes(labels)
 
     try:
         return {split: read(split) for split in ("train", "test")}

@@ -12,15 +12,39 @@ from jax import lax
 glorot_uniform = nn.initializers.glorot_uniform()
 
 
+@jax.custom_vjp
 def max_pool_2x2(x):
     """2x2 max pooling, stride 2, 'VALID' (a trailing odd row/column is dropped, as in Keras).
 
-    Equal to `nn.max_pool(x, (2, 2), strides=(2, 2))`, written as a reshape and a max so that
-    XLA:CPU differentiates it without its slow select-and-scatter kernel.
+    Equal to `nn.max_pool(x, (2, 2), strides=(2, 2))`, and so is its gradient but at exact ties
+    inside a window, where every tied element gets it (after a relu the common ties are zeros,
+    whose gradient the relu stops either way). Written as a reshape and a max, with its own
+    gradient, so that XLA:CPU needs neither its slow select-and-scatter kernel nor the
+    tie-counting reductions of `jnp.max`'s gradient.
     """
+    return _windows(x).max(axis=(2, 4))
+
+
+def _windows(x):
     b, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+def _max_pool_fwd(x):
+    y = max_pool_2x2(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(residuals, g):
+    """The gradient goes to the window's maximum; a cropped odd row/column gets none."""
+    x, y = residuals
+    at_max = _windows(x) == y[:, :, None, :, None, :]
+    gx = jnp.where(at_max, g[:, :, None, :, None, :], 0.0).reshape(
+        x.shape[0], 2 * y.shape[1], 2 * y.shape[2], x.shape[3])
+    return (jnp.pad(gx, ((0, 0), (0, x.shape[1] - gx.shape[1]), (0, x.shape[2] - gx.shape[2]), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from cifar_jax import checkpoint, data, report, steps
+from cifar_jax import checkpoint, data, parallel, report, steps
 from cifar_jax.cli import OneLineParser, positive
 from cifar_jax.config import MODEL_DEFAULTS, RUNTIME_FIELDS, Config, ConfigError
 from cifar_jax.models import MODELS
@@ -39,8 +39,9 @@ def _write_json_lines(path, rows):
     os.replace(path + ".tmp", path)
 
 
-def open_run(config, workdir, resume):
-    """Create a new run folder holding config.json, or check that `workdir` is the same run."""
+def open_run(config, workdir, resume, write=True):
+    """Create a new run folder holding config.json (if `write`), or check that `workdir` is the
+    same run."""
     config_path = os.path.join(workdir, "config.json")
     if resume:
         saved = read_config(workdir)
@@ -54,6 +55,8 @@ def open_run(config, workdir, resume):
     if os.path.isdir(workdir) and os.listdir(workdir):
         raise ConfigError(f"workdir {workdir} is not empty: choose a new --workdir, or pass "
                           "--resume to continue the run in it (nothing in it was changed)")
+    if not write:
+        return
     try:
         os.makedirs(workdir, exist_ok=True)
         with open(config_path, "w") as f:
@@ -94,18 +97,28 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
     on from the newest checkpoint in `workdir`, whose config must equal `config`; the result is
     the same as that of an uninterrupted run. Returns the per-epoch rows.
     """
-    open_run(config, workdir, resume)
+    mesh = parallel.data_mesh()  # batches split over every device, the rest replicated
+    try:
+        parallel.check_divisible(config.batch_size, mesh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh)
+    writer = parallel.is_writer()
+    open_run(config, workdir, resume, write=writer)
     splits = data.load_cifar10(config.data_dir, config.download)
-    train_images, train_labels = jax.device_put(splits["train"])
-    test_images, test_labels = jax.device_put(splits["test"])
+    train_images, train_labels = jax.device_put(splits["train"], replicate)
+    test_images, test_labels = jax.device_put(splits["test"], replicate)
     n_train = len(train_labels)
 
     # The initial weights and every epoch's data order are functions of the seed alone, so a
     # resumed run needs nothing from the interrupted one but its train state.
     init_rng, data_rng = jax.random.split(jax.random.key(config.seed))
     model = MODELS[config.model]()
-    state = steps.create_train_state(model, config.optimizer, config.learning_rate, init_rng)
-    test_idx, test_mask = data.batch_indices(len(test_labels), config.eval_batch_size)
+    state = jax.device_put(
+        steps.create_train_state(model, config.optimizer, config.learning_rate, init_rng), replicate)
+    eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size  # results don't depend on it
+    test_idx, test_mask = jax.device_put(
+        jax.device_get(data.batch_indices(len(test_labels), eval_batch_size)), split)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
     ckpt = checkpoint.manager(workdir, config.keep)
@@ -114,13 +127,14 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
         state, done = checkpoint.restore(ckpt, state)
         with open(metrics_path) as f:
             history = [row for row in map(json.loads, f) if row["epoch"] <= done]
-        _write_json_lines(metrics_path, history)  # drop rows of epochs whose checkpoint never landed
-        print(f"resuming after epoch {done}", flush=True)
+        if writer:
+            _write_json_lines(metrics_path, history)  # drop rows of epochs whose checkpoint never landed
+            print(f"resuming after epoch {done}", flush=True)
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
             start = time.perf_counter()
-            idx, mask = data.batch_indices(n_train, config.batch_size,
-                                           jax.random.fold_in(data_rng, epoch))
+            idx, mask = jax.device_put(jax.device_get(data.batch_indices(
+                n_train, config.batch_size, jax.random.fold_in(data_rng, epoch))), split)
             desc = f"epoch {epoch}/{config.epochs}"
             try:
                 state, train_metrics = train_epoch(state, train_images, train_labels, idx, mask,
@@ -138,18 +152,22 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
                    "test_loss": test["loss"], "test_accuracy": test["accuracy"],
                    "seconds": round(seconds, 3)}
             history.append(row)
-            _write_json_lines(metrics_path, history)
-            checkpoint.save(ckpt, epoch, state)
-            print(f"{desc}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
-                  f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}  "
-                  f"{seconds:.1f}s ({n_train / seconds:,.0f} img/s)", flush=True)
+            if writer:
+                _write_json_lines(metrics_path, history)
+            checkpoint.save(ckpt, epoch, state)  # every process takes part; Orbax writes once
+            if writer:
+                print(f"{desc}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
+                      f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}  "
+                      f"{seconds:.1f}s ({n_train / seconds:,.0f} img/s)", flush=True)
     finally:  # also on Ctrl-C: let the last epoch's checkpoint finish landing
         ckpt.wait_until_finished()
         ckpt.close()
 
     if predictions is None:  # resumed a run whose epochs were all done
         predictions = steps.eval_batches(state, test_images, test_labels, test_idx, test_mask)[1]
-    predicted = np.asarray(predictions)[np.asarray(test_mask) > 0]
+    predicted = parallel.gather_from_processes(predictions)[parallel.gather_from_processes(test_mask) > 0]
+    if not writer:
+        return history
     counts = report.confusion_matrix(splits["test"][1], predicted, len(data.CLASS_NAMES))
     report.plot_confusion_matrix(counts, data.CLASS_NAMES, os.path.join(workdir, "confusion_matrix.png"))
     with open(os.path.join(workdir, "report.txt"), "w") as f:
@@ -213,6 +231,7 @@ def main(argv=None):
     settings = {k: getattr(args, k) for k in ("optimizer", "learning_rate", "epochs", "batch_size",
                                               "seed", "data_dir", "download", "keep")}
     workdir = args.workdir
+    parallel.initialize()
     try:
         if args.resume:
             explicit = {k: v for k, v in {**settings, "model": args.model}.items() if v is not None}

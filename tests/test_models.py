@@ -55,6 +55,15 @@ def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
     np.testing.assert_array_equal(grad(max_pool_2x2), grad(ref))
 
 
+def test_relu_then_pool_has_flax_gradient_despite_zero_ties():
+    x = jax.random.normal(jax.random.key(0), (2, 30, 30, 8)) - 1.0  # mostly negative: many ties at 0
+    g = jax.random.normal(jax.random.key(1), (2, 15, 15, 8))
+    grad = lambda pool: jax.grad(lambda x: (pool(nn.relu(x)) * g).sum())(x)  # noqa: E731
+    ours, ref = grad(max_pool_2x2), grad(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
+    assert float((nn.relu(x) == 0).mean()) > 0.8
+    np.testing.assert_array_equal(ours, ref)
+
+
 def test_conv_as_matmul_equals_lax_conv_and_its_gradients():
     x = jax.random.normal(jax.random.key(0), (2, 15, 15, 32))
     w = jax.random.normal(jax.random.key(1), (3, 3, 32, 64))

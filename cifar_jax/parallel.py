@@ -1,0 +1,71 @@
+"""Data parallelism: one 1-D device mesh, batches split over it, everything else replicated.
+
+Plain `jax.jit` does the rest: the compiled step sees batch-sharded inputs and replicated
+parameters, and XLA inserts the gradient all-reduce. One device is the size-1 case of the same
+code. Across hosts, `initialize()` joins the processes with `jax.distributed` first.
+"""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def initialize():
+    """Join a multi-process run when launched with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+    and JAX_PROCESS_ID set (the same on every host but the id); a no-op otherwise."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
+        jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
+
+
+def data_mesh():
+    """All devices of all processes, along one axis named "data"."""
+    # Auto axes: XLA propagates the batch split through the step (the gather, the gradient
+    # all-reduce) by itself, so the step's code knows nothing of devices.
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh):
+    return NamedSharding(mesh, P())
+
+
+def batch_split(mesh):
+    """For [steps, batch] index and mask arrays: each device gets its slice of every batch."""
+    return NamedSharding(mesh, P(None, "data"))
+
+
+def check_divisible(batch_size, mesh, flag="--batch-size"):
+    """The global batch is split evenly over the devices, or this says what to pass instead."""
+    n = mesh.size
+    if batch_size % n:
+        lower, upper = batch_size // n * n, -(-batch_size // n) * n
+        hint = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ValueError(f"{flag} {batch_size} does not split evenly over {n} devices: use a "
+                         f"multiple of {n}, such as {hint}")
+
+
+def is_writer():
+    """Only process 0 writes metrics, plots and prints; every process takes part in checkpoints."""
+    return jax.process_index() == 0
+
+
+def process_split(split):
+    """The part of a TFDS split that this process reads: all of it on one host."""
+    if jax.process_count() == 1:
+        return split
+    import tensorflow_datasets as tfds
+
+    return tfds.split_for_jax_process(split)
+
+
+def gather_from_processes(array):
+    """As one numpy array on every process: a global jax.Array whole, or the host arrays of all
+    processes joined in process order."""
+    if jax.process_count() == 1:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(array, tiled=True)
