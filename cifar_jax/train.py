@@ -104,8 +104,16 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
         raise ConfigError(str(e)) from None
     replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh)
     writer = parallel.is_writer()
+    existed = os.path.isdir(workdir)
     open_run(config, workdir, resume, write=writer)
-    splits = data.load_cifar10(config.data_dir, config.download)
+    try:
+        splits = data.load_cifar10(config.data_dir, config.download)
+    except data.DataError:
+        if writer and not resume:  # leave no half-made run behind, so the same command can be rerun
+            os.remove(os.path.join(workdir, "config.json"))
+            if not existed:
+                os.rmdir(workdir)
+        raise
     train_images, train_labels = jax.device_put(splits["train"], replicate)
     test_images, test_labels = jax.device_put(splits["test"], replicate)
     n_train = len(train_labels)

@@ -46,6 +46,7 @@ def test_missing_data_dir_is_one_line_exit_1(tmp_path):
         f"error: data dir {tmp_path / 'missing'} does not exist: point --data-dir at a folder "
         "holding a prepared TFDS cifar10, or leave it out to download there"]
     assert result.stdout.splitlines()[0] == "cpu, 1 device"
+    assert not (tmp_path / "run").exists()  # no half-made run folder to trip over on the rerun
 
 
 def test_unprepared_data_dir_without_download_exit_1(tmp_path):
