@@ -38,7 +38,8 @@ def main(argv=None):
                             "--json", out.name], env=env, check=True, stdout=subprocess.DEVNULL)
             result = json.load(open(out.name))
         for row in result["rows"]:
-            table.setdefault((row["model"], row["batch_size"]), {})[n] = row["train_images_per_s"]["cifar_jax"]
+            by_n = table.setdefault((row["model"], row["batch_size"]), {})
+            by_n[n] = row["train_images_per_s"]["cifar_jax"]
     print(f"{'model':5s} {'batch':>5s} " + " ".join(f"{n:>4d} dev" for n in args.devices) + "   (images/s)")
     for (model, batch), by_n in table.items():
         print(f"{model:5s} {batch:5d} " + " ".join(f"{by_n[n]:8,.0f}" for n in args.devices))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 from cifar_jax.steps import OPTIMIZERS
 
@@ -12,7 +13,8 @@ MODEL_DEFAULTS = {  # the Keras tutorial's recipe for each model
 LEARNING_RATES = {"sgd": 0.01, "adam": 1e-3}  # Keras's defaults for each optimiser
 
 
-RUNTIME_FIELDS = ("data_dir", "download", "keep")  # may change when a run resumes: results don't depend on them
+# Settings a resumed run may change: the results do not depend on them.
+RUNTIME_FIELDS = ("data_dir", "download", "keep")
 
 
 class ConfigError(ValueError):
@@ -61,3 +63,15 @@ class Config:
     @classmethod
     def from_json(cls, text):
         return cls(**json.loads(text)).validated()
+
+    @classmethod
+    def load(cls, workdir):
+        """The Config a run saved as `workdir/config.json`."""
+        path = os.path.join(workdir, "config.json")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{workdir} holds no cifar_jax run (no config.json)")
+        try:
+            with open(path) as f:
+                return cls.from_json(f.read())
+        except (ValueError, TypeError) as e:  # ConfigError is a ValueError too
+            raise ConfigError(f"{path} is damaged ({e})") from None

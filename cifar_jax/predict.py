@@ -3,9 +3,7 @@
     python -m cifar_jax.predict --workdir runs/cnn-... cat.png plane.jpg [--json]
 """
 
-import argparse
 import json
-import os
 import sys
 
 import jax
@@ -25,15 +23,10 @@ class RunError(RuntimeError):
 
 def load_run(workdir):
     """(config, model, params) of the newest checkpoint in a training run's `workdir`."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-        raise RunError(f"{workdir} is not a cifar_jax run (no config.json): "
-                       "pass the --workdir of a finished `python -m cifar_jax.train` run")
     try:
-        with open(config_path) as f:
-            config = Config.from_json(f.read())
-    except (ValueError, TypeError, ConfigError) as e:
-        raise RunError(f"{config_path} is unreadable ({e}): pass the --workdir of a cifar_jax run") from None
+        config = Config.load(workdir)
+    except ConfigError as e:
+        raise RunError(f"{e}: pass the --workdir of a `python -m cifar_jax.train` run") from None
     model = MODELS[config.model]()
     like = steps.create_train_state(model, config.optimizer, config.learning_rate, jax.random.key(0))
     try:

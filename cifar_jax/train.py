@@ -39,12 +39,20 @@ def _write_json_lines(path, rows):
     os.replace(path + ".tmp", path)
 
 
+def resumed_config(workdir):
+    """The settings of the run in `workdir`, which --resume continues."""
+    try:
+        return Config.load(workdir)
+    except ConfigError as e:
+        raise ConfigError(f"nothing to resume: {e}; start the run without --resume") from None
+
+
 def open_run(config, workdir, resume, write=True):
     """Create a new run folder holding config.json (if `write`), or check that `workdir` is the
     same run."""
     config_path = os.path.join(workdir, "config.json")
     if resume:
-        saved = read_config(workdir)
+        saved = resumed_config(workdir)
         different = [f.name for f in dataclasses.fields(Config) if f.name not in RUNTIME_FIELDS
                      and getattr(saved, f.name) != getattr(config, f.name)]
         if different:
@@ -221,19 +229,6 @@ def parse_args(argv=None):
     return args
 
 
-def read_config(workdir):
-    """The Config saved in a run folder."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"nothing to resume in {workdir} (no config.json): "
-                          "start the run without --resume")
-    try:
-        with open(path) as f:
-            return Config.from_json(f.read())
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{path} is damaged ({e}): start a new run in another --workdir") from None
-
-
 def main(argv=None):
     args = parse_args(argv)
     settings = {k: getattr(args, k) for k in ("optimizer", "learning_rate", "epochs", "batch_size",
@@ -243,7 +238,7 @@ def main(argv=None):
     try:
         if args.resume:
             explicit = {k: v for k, v in {**settings, "model": args.model}.items() if v is not None}
-            config = dataclasses.replace(read_config(args.workdir), **explicit).validated()
+            config = dataclasses.replace(resumed_config(args.workdir), **explicit).validated()
         else:
             config = Config.for_model(args.model or "cnn", **settings)
         workdir = args.workdir or os.path.join(

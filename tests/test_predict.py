@@ -77,5 +77,5 @@ def test_restored_model_scores_what_training_reported(cnn_run, mock_cifar10):
 def test_a_folder_that_is_not_a_run_is_one_line(tmp_path, images, capsys):
     assert predict.main(["--workdir", str(tmp_path), images["rgb.png"]]) == 1
     assert capsys.readouterr().err.strip() == (
-        f"error: {tmp_path} is not a cifar_jax run (no config.json): "
-        "pass the --workdir of a finished `python -m cifar_jax.train` run")
+        f"error: {tmp_path} holds no cifar_jax run (no config.json): "
+        "pass the --workdir of a `python -m cifar_jax.train` run")

@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cifar_jax import predict, steps, train
-from cifar_jax.config import Config, ConfigError
+from cifar_jax.config import Config
 from cifar_jax.train import TrainingError, train_and_evaluate
 
 HERE = os.path.dirname(__file__)
@@ -112,7 +112,8 @@ def test_resume_errors_are_one_line_and_touch_nothing(cnn_run, mock_cifar10, tmp
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run_cli(capsys, "--workdir", str(empty), "--resume") == (
-        2, f"error: nothing to resume in {empty} (no config.json): start the run without --resume")
+        2, f"error: nothing to resume: {empty} holds no cifar_jax run (no config.json); "
+           "start the run without --resume")
     assert snapshot(run) == before
 
 
