@@ -16,7 +16,8 @@ from jax.sharding import PartitionSpec as P
 def initialize():
     """Join a multi-process run when launched with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
     and JAX_PROCESS_ID set (the same on every host but the id); a no-op otherwise."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
+    # Before anything touches a backend (jax.process_count() would): initialize() must come first.
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
         jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                                    process_id=int(os.environ["JAX_PROCESS_ID"]))
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -49,3 +50,28 @@ def test_check_divisible_hints():
     parallel.check_divisible(64, Mesh())
     with pytest.raises(ValueError, match="use a multiple of 8, such as 8$"):
         parallel.check_divisible(5, Mesh())
+
+
+def test_two_processes_train_together_and_only_the_first_writes(tmp_path):
+    with socket.socket() as s:  # a free port on this machine for the coordinator
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = str(tmp_path / "run")
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "MOCK_EXAMPLES": "300", "PYTHONPATH": os.path.dirname(HERE),
+               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+               "JAX_PROCESS_ID": str(i)}
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "mock_train.py"), "--model", "cnn", "--epochs", "2",
+             "--workdir", workdir, "--no-progress"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert out.splitlines()[0] == "cpu, 2 devices"
+    assert [line.split()[1] for line in outs[0][0].splitlines() if line.startswith("epoch")] == ["1/2", "2/2"]
+    assert not [line for line in outs[1][0].splitlines() if line.startswith("epoch")]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert [json.loads(line)["epoch"] for line in f] == [1, 2]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
