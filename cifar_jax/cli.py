@@ -11,6 +11,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def positive(kind):
+    """An argparse `type` accepting only finite numbers > 0 of `kind` (int or float)."""
     def parse(text):
         try:
             value = kind(text)
