@@ -49,6 +49,17 @@ def _max_pool_bwd(residuals, g):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+def crop_for_pool(x, kernel_size):
+    """The part of `x` whose 'VALID' convolution outputs a following 2x2 pool keeps.
+
+    The pool drops an odd last row/column of the convolution's output, so there is no need to
+    compute it: conv2 here makes 12x12 outputs instead of 13x13, 15% less work, and the model's
+    outputs and gradients are exactly those of the uncropped model.
+    """
+    h, w = ((size - kernel_size + 1) // 2 * 2 + kernel_size - 1 for size in x.shape[1:3])
+    return x[:, :h, :w]
+
+
 def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
                    dimension_numbers=None, feature_group_count=1, precision=None):
     """A stride-1 'VALID' NHWC convolution as shifted slices and one matmul (im2col).
@@ -104,7 +115,7 @@ class CNN(nn.Module):
                              else lax.conv_general_dilated)
         for f in self.features:
             x = nn.Conv(f, (3, 3), padding="VALID", kernel_init=glorot_uniform,
-                        conv_general_dilated=conv)(x)
+                        conv_general_dilated=conv)(crop_for_pool(x, 3))
             x = max_pool_2x2(nn.relu(x))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(self.dense, kernel_init=glorot_uniform)(x))

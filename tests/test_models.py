@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cifar_jax.models import CNN, MLP, conv_as_matmul, max_pool_2x2
+from cifar_jax.models import CNN, MLP, conv_as_matmul, crop_for_pool, max_pool_2x2
 
 
 def n_params(params):
@@ -94,3 +94,40 @@ def test_cnn_is_the_same_function_with_either_convolution():
     np.testing.assert_allclose(CNN(conv=conv_as_matmul).apply(params, x),
                                CNN(conv=lax.conv_general_dilated).apply(params, x),
                                rtol=1e-4, atol=1e-5)
+
+
+class TextbookCNN(nn.Module):
+    """The tutorial's CNN as plain Flax writes it: XLA's convolution, nn.max_pool, nothing cropped."""
+
+    @nn.compact
+    def __call__(self, x):
+        for f in (32, 64):
+            x = nn.max_pool(nn.relu(nn.Conv(f, (3, 3), padding="VALID")(x)), (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Dense(64)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10)(x)
+
+
+def test_cnn_equals_the_textbook_cnn_and_its_gradients():
+    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
+    labels = jnp.arange(4)
+    params = CNN().init(jax.random.key(0), x)
+
+    def loss(model, params):
+        logits = model.apply(params, x)
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean(), logits
+
+    (ours, ours_logits), ours_grads = jax.value_and_grad(loss, 1, has_aux=True)(CNN(), params)
+    (ref, ref_logits), ref_grads = jax.value_and_grad(loss, 1, has_aux=True)(TextbookCNN(), params)
+    np.testing.assert_allclose(ours_logits, ref_logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+    for name in ("Conv_0", "Conv_1", "Dense_0", "Dense_1"):
+        for leaf in ("kernel", "bias"):
+            g, g_ref = ours_grads["params"][name][leaf], ref_grads["params"][name][leaf]
+            assert float(jnp.abs(g_ref).max()) > 0
+            np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-5 * float(jnp.abs(g_ref).max()))
+
+
+@pytest.mark.parametrize("size, kept", [((32, 32), (32, 32)), ((15, 15), (14, 14)), ((14, 13), (14, 12))])
+def test_crop_for_pool_keeps_the_rows_whose_outputs_the_pool_uses(size, kept):
+    # 3x3 'VALID': 15 rows -> 13 outputs, of which the 2x2 pool uses 12, computed from 14 rows
+    assert crop_for_pool(jnp.zeros((2, *size, 5)), 3).shape == (2, *kept, 5)
