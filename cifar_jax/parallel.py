@@ -53,6 +53,14 @@ def is_writer():
     return jax.process_index() == 0
 
 
+def sync(name):
+    """Wait until every process has got here (at once in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def process_split(split):
     """The part of a TFDS split that this process reads: all of it on one host."""
     if jax.process_count() == 1:

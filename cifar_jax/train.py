@@ -63,6 +63,7 @@ def open_run(config, workdir, resume, write=True):
     if os.path.isdir(workdir) and os.listdir(workdir):
         raise ConfigError(f"workdir {workdir} is not empty: choose a new --workdir, or pass "
                           "--resume to continue the run in it (nothing in it was changed)")
+    parallel.sync("workdir checked")  # by every process, before the writer fills it
     if not write:
         return
     try:
