@@ -25,10 +25,11 @@ from cifar_jax.models import MODELS
 
 # Multiply-accumulates per image of each layer, from its shapes; the first layer needs no
 # input gradient. A training step costs 2 FLOPs per MAC forward, and again for the weight
-# gradient and (but for the first layer) the input gradient.
+# gradient and (but for the first layer) the input gradient. Counted as executed: conv2 makes
+# the 12x12 outputs that its pool keeps, not 13x13 (`models.crop_for_pool`).
 LAYER_MACS = {
     "mlp": [3072 * 3000, 3000 * 1000, 1000 * 10],
-    "cnn": [30 * 30 * (3 * 3 * 3) * 32, 13 * 13 * (3 * 3 * 32) * 64, 2304 * 64, 64 * 10],
+    "cnn": [30 * 30 * (3 * 3 * 3) * 32, 12 * 12 * (3 * 3 * 32) * 64, 2304 * 64, 64 * 10],
 }
 
 
@@ -149,7 +150,7 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["mlp", "cnn"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 512])
     p.add_argument("--images", type=int, default=8192, help="images per timed pass (default: 8192)")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes per side; the median counts")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per side; the median counts (default: 5)")
     p.add_argument("--peers", nargs="*", default=["keras", "torch"], choices=["keras", "torch"],
                    help="frameworks to measure beside cifar_jax when importable (default: both)")
     p.add_argument("--json", help="also write the results to this JSON file")
