@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from cifar_jax import parallel
+from cifar_jax.config import Config
+from cifar_jax.train import open_run
 
 HERE = os.path.dirname(__file__)
 
@@ -50,6 +52,16 @@ def test_check_divisible_hints():
     parallel.check_divisible(64, Mesh())
     with pytest.raises(ValueError, match="use a multiple of 8, such as 8$"):
         parallel.check_divisible(5, Mesh())
+
+
+def test_every_process_checks_the_workdir_before_the_writer_fills_it(tmp_path, monkeypatch):
+    # Otherwise a slower process finds process 0's config.json and refuses a "non-empty" workdir.
+    workdir = tmp_path / "run"
+    seen_at_sync = []
+    monkeypatch.setattr(parallel, "sync", lambda name: seen_at_sync.append(workdir.exists()))
+    open_run(Config.for_model("cnn"), str(workdir), resume=False)
+    assert seen_at_sync == [False]
+    assert os.listdir(workdir) == ["config.json"]
 
 
 def test_two_processes_train_together_and_only_the_first_writes(tmp_path):
