@@ -113,7 +113,7 @@ class CNN(nn.Module):
     def __call__(self, x):
         conv = self.conv or (conv_as_matmul if jax.default_backend() == "cpu"
                              else lax.conv_general_dilated)
-        for f in self.features:
+        for f in self.features:  # crop_for_pool: skip the conv outputs that the pool drops
             x = nn.Conv(f, (3, 3), padding="VALID", kernel_init=glorot_uniform,
                         conv_general_dilated=conv)(crop_for_pool(x, 3))
             x = max_pool_2x2(nn.relu(x))
