@@ -24,7 +24,7 @@ def main(argv=None):
     for name, epochs in (("mlp", 5), ("cnn", 10)):
         model = keras_model(name)
         fit = model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=2)
-        test_loss, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
+        _, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
         if name == "mlp":
             model.predict(x_test, verbose=0).argmax(-1)  # the tutorial's confusion-matrix input
         results[name] = {"train_accuracy": fit.history["accuracy"][-1],

@@ -36,7 +36,7 @@ def main(argv=None):
             subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--peers", "--repeats", "3",
                             "--models", *args.models, "--batch-sizes", *map(str, args.batch_sizes),
                             "--json", out.name], env=env, check=True, stdout=subprocess.DEVNULL)
-            result = json.load(open(out.name))
+            result = json.load(out)
         for row in result["rows"]:
             by_n = table.setdefault((row["model"], row["batch_size"]), {})
             by_n[n] = row["train_images_per_s"]["cifar_jax"]

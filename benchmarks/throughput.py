@@ -90,11 +90,11 @@ def pipeline_images_per_s(batch_size, n_images=50_000, repeats=5):
 
     @jax.jit
     def epoch(images, rng):
-        idx, mask = data.batch_indices(n_images, batch_size, rng)
+        idx, _ = data.batch_indices(n_images, batch_size, rng)
         return jax.lax.map(lambda i: data.to_float(images[i]).sum(), idx).sum()
 
     epoch(images, jax.random.key(0)).block_until_ready()
-    best = min(_timed(lambda: epoch(images, jax.random.key(r)).block_until_ready())
+    best = min(_timed(lambda r=r: epoch(images, jax.random.key(r)).block_until_ready())
                for r in range(repeats))
     return n_images / best
 

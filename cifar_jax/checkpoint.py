@@ -34,7 +34,7 @@ def restore(mngr, like):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     try:
         return mngr.restore(epoch, args=ocp.args.StandardRestore(abstract)), epoch
-    except Exception as e:  # orbax raises many kinds on damaged or foreign files
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds on damaged or foreign files
         raise CheckpointError(
             f"checkpoint {mngr.directory / str(epoch)} cannot be read ({type(e).__name__}): "
             "delete that folder to fall back to the one before, or start a new run") from None

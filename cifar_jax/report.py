@@ -3,8 +3,8 @@
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def confusion_matrix(labels, predictions, num_classes):
@@ -28,8 +28,8 @@ def classification_report(counts, class_names):
         lines.append(f"{name:>{width}}{p:10.4f}{r:10.4f}{f:10.4f}{s:10d}")
     total = int(support.sum())
     lines += ["", f"{'accuracy':>{width}}{'':20}{tp.sum() / total:10.4f}{total:10d}",
-              f"{'macro avg':>{width}}{precision.mean():10.4f}{recall.mean():10.4f}"
-              f"{f1.mean():10.4f}{total:10d}"]
+              (f"{'macro avg':>{width}}{precision.mean():10.4f}{recall.mean():10.4f}"
+               f"{f1.mean():10.4f}{total:10d}")]
     return "\n".join(lines) + "\n"
 
 

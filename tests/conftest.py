@@ -2,11 +2,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pytest  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
+import pytest
+import tensorflow_datasets as tfds
 
-from cifar_jax.config import Config  # noqa: E402
-from cifar_jax.train import train_and_evaluate  # noqa: E402
+from cifar_jax.config import Config
+from cifar_jax.train import train_and_evaluate
 
 MOCK_EXAMPLES = 70  # per split: two full batches of 32 and a partial one of 6
 

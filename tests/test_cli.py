@@ -9,7 +9,7 @@ import pytest
 
 def run(*args, cwd=None):
     env = {**os.environ, "TFDS_DATA_DIR": "/nonexistent-tfds"}
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", *args], check=False, capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=120)
 
 
@@ -43,8 +43,8 @@ def test_missing_data_dir_is_one_line_exit_1(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"error: data dir {tmp_path / 'missing'} does not exist: point --data-dir at a folder "
-        "holding a prepared TFDS cifar10, or leave it out to download there"]
+        (f"error: data dir {tmp_path / 'missing'} does not exist: point --data-dir at a folder "
+         "holding a prepared TFDS cifar10, or leave it out to download there")]
     assert result.stdout.splitlines()[0] == "cpu, 1 device"
     assert not (tmp_path / "run").exists()  # no half-made run folder to trip over on the rerun
 

@@ -48,17 +48,17 @@ def test_init_is_glorot_uniform_with_zero_biases():
 @pytest.mark.parametrize("shape", [(2, 30, 30, 4), (2, 13, 13, 3)])
 def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
     x = jax.random.normal(jax.random.key(0), shape)
-    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
     np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
     g = jax.random.normal(jax.random.key(1), ref(x).shape)
-    grad = lambda f: jax.grad(lambda x: (f(x) * g).sum())(x)  # noqa: E731
+    grad = lambda f: jax.grad(lambda x: (f(x) * g).sum())(x)
     np.testing.assert_array_equal(grad(max_pool_2x2), grad(ref))
 
 
 def test_relu_then_pool_has_flax_gradient_despite_zero_ties():
     x = jax.random.normal(jax.random.key(0), (2, 30, 30, 8)) - 1.0  # mostly negative: many ties at 0
     g = jax.random.normal(jax.random.key(1), (2, 15, 15, 8))
-    grad = lambda pool: jax.grad(lambda x: (pool(nn.relu(x)) * g).sum())(x)  # noqa: E731
+    grad = lambda pool: jax.grad(lambda x: (pool(nn.relu(x)) * g).sum())(x)
     ours, ref = grad(max_pool_2x2), grad(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
     assert float((nn.relu(x) == 0).mean()) > 0.8
     np.testing.assert_array_equal(ours, ref)

@@ -107,13 +107,13 @@ def test_resume_errors_are_one_line_and_touch_nothing(cnn_run, mock_cifar10, tmp
     assert run_cli(capsys, "--workdir", run, "--resume", "--epochs", "7") == (
         2, f"error: {run} was run with epochs=2, not 7: drop that flag to resume the run as it was")
     assert run_cli(capsys, "--workdir", run) == (
-        2, f"error: workdir {run} is not empty: choose a new --workdir, or pass --resume to "
-           "continue the run in it (nothing in it was changed)")
+        2, (f"error: workdir {run} is not empty: choose a new --workdir, or pass --resume to "
+            "continue the run in it (nothing in it was changed)"))
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run_cli(capsys, "--workdir", str(empty), "--resume") == (
-        2, f"error: nothing to resume: {empty} holds no cifar_jax run (no config.json); "
-           "start the run without --resume")
+        2, (f"error: nothing to resume: {empty} holds no cifar_jax run (no config.json); "
+            "start the run without --resume"))
     assert snapshot(run) == before
 
 
@@ -142,8 +142,8 @@ def test_missing_and_corrupt_checkpoints_are_runtime_errors(cnn_run, mock_cifar1
 def test_unwritable_workdir_is_a_usage_error(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert run_cli(capsys, "--workdir", str(tmp_path / "file" / "run")) == (
-        2, f"error: cannot write to workdir {tmp_path / 'file' / 'run'} (Not a directory): "
-           "choose another --workdir")
+        2, (f"error: cannot write to workdir {tmp_path / 'file' / 'run'} (Not a directory): "
+            "choose another --workdir"))
 
 
 def test_resume_needs_a_workdir(capsys):

@@ -14,7 +14,8 @@ def test_run_writes_every_output(cnn_run):
     config, workdir, history = cnn_run
     assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "confusion_matrix.png",
                                            "history.png", "metrics.jsonl", "report.txt"]
-    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
     assert rows == history
     assert [row["epoch"] for row in rows] == [1, 2]
     for row in rows:
@@ -25,13 +26,14 @@ def test_run_writes_every_output(cnn_run):
     for plot in ("confusion_matrix.png", "history.png"):
         with open(os.path.join(workdir, plot), "rb") as f:
             assert f.read(8) == PNG
-    assert Config.from_json(open(os.path.join(workdir, "config.json")).read()) == config
+    assert Config.load(workdir) == config
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
 
 
 def test_report_lists_every_class_and_all_test_images(cnn_run):
     _, workdir, history = cnn_run
-    text = open(os.path.join(workdir, "report.txt")).read()
+    with open(os.path.join(workdir, "report.txt")) as f:
+        text = f.read()
     for name in CLASS_NAMES:
         assert f" {name} " in text
     accuracy_line = next(line for line in text.splitlines() if "accuracy" in line)
@@ -43,7 +45,7 @@ def test_same_seed_same_metrics(mock_cifar10, tmp_path):
     config = Config.for_model("mlp", epochs=1, eval_batch_size=32)
     a = train_and_evaluate(config, str(tmp_path / "a"), progress=False)
     b = train_and_evaluate(config, str(tmp_path / "b"), progress=False)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     assert strip(a) == strip(b)
 
 
