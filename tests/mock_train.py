@@ -1,6 +1,7 @@
 """`python tests/mock_train.py ARGS`: the training CLI on mock CIFAR-10 (MOCK_EXAMPLES per split).
 
-For tests that must run training as a separate process (to kill it, say) without the real data.
+For tests that must run training as a separate process (to kill it, say) without the real data;
+`cnn_command` gives them the command line and environment.
 """
 
 import os
@@ -9,6 +10,16 @@ import sys
 import tensorflow_datasets as tfds
 
 from cifar_jax.train import main
+
+
+def cnn_command(workdir, *extra, epochs=2, examples=300, env=None):
+    """(argv, env) running this script: the CNN for `epochs` on `examples` mock images per split,
+    into `workdir`, with `env` added to this process's environment."""
+    argv = [sys.executable, os.path.abspath(__file__), "--model", "cnn", "--epochs", str(epochs),
+            "--workdir", workdir, "--no-progress", *extra]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return argv, {**os.environ, "MOCK_EXAMPLES": str(examples), "PYTHONPATH": repo, **(env or {})}
+
 
 if __name__ == "__main__":
     with tfds.testing.mock_data(num_examples=int(os.environ.get("MOCK_EXAMPLES", "70"))):

@@ -4,23 +4,19 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
+from mock_train import cnn_command
 
 from cifar_jax import parallel
 from cifar_jax.config import Config
 from cifar_jax.train import open_run
 
-HERE = os.path.dirname(__file__)
-
 
 def mock_train(workdir, devices, *extra):
-    env = {**os.environ, "MOCK_EXAMPLES": "300", "PYTHONPATH": os.path.dirname(HERE),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    return subprocess.run([sys.executable, os.path.join(HERE, "mock_train.py"), "--model", "cnn",
-                           "--epochs", "2", "--workdir", workdir, "--no-progress", *extra],
-                          env=env, check=False, capture_output=True, text=True, timeout=300)
+    argv, env = cnn_command(workdir, *extra, env={
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+    return subprocess.run(argv, env=env, check=False, capture_output=True, text=True, timeout=300)
 
 
 def test_four_devices_train_like_one(tmp_path):
@@ -71,13 +67,10 @@ def test_two_processes_train_together_and_only_the_first_writes(tmp_path):
     workdir = str(tmp_path / "run")
     procs = []
     for i in range(2):
-        env = {**os.environ, "MOCK_EXAMPLES": "300", "PYTHONPATH": os.path.dirname(HERE),
-               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-               "JAX_PROCESS_ID": str(i)}
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "mock_train.py"), "--model", "cnn", "--epochs", "2",
-             "--workdir", workdir, "--no-progress"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        argv, env = cnn_command(workdir, env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                                              "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err

@@ -5,19 +5,17 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from mock_train import cnn_command
 
 from cifar_jax import predict, steps, train
 from cifar_jax.config import Config
 from cifar_jax.train import TrainingError, train_and_evaluate
-
-HERE = os.path.dirname(__file__)
 
 
 def rows(workdir):
@@ -154,11 +152,9 @@ def test_resume_needs_a_workdir(capsys):
                                                "--workdir: the folder of the run to continue (see --help)")
 
 
-def mock_train(workdir, *extra, examples=1500):
-    env = {**os.environ, "MOCK_EXAMPLES": str(examples), "PYTHONPATH": os.path.dirname(HERE)}
-    return subprocess.Popen([sys.executable, os.path.join(HERE, "mock_train.py"), "--model", "cnn",
-                             "--epochs", "3", "--workdir", workdir, "--no-progress", *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def mock_train(workdir, *extra):
+    argv, env = cnn_command(workdir, *extra, epochs=3, examples=1500)
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_checkpoint(workdir, epoch, proc):
