@@ -9,6 +9,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -56,8 +57,6 @@ def is_writer():
 def sync(name):
     """Wait until every process has got here (at once in a single-process run)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -75,6 +74,4 @@ def gather_from_processes(array):
     processes joined in process order."""
     if jax.process_count() == 1:
         return np.asarray(array)
-    from jax.experimental import multihost_utils
-
     return multihost_utils.process_allgather(array, tiled=True)
