@@ -39,6 +39,20 @@ def test_load_cifar10_gives_uint8_images_and_int_labels(mock_cifar10):
         assert labels.min() >= 0 and labels.max() <= 9
 
 
+def test_mock_data_is_read_without_tensorflow():
+    from test_prepare import run_without_tensorflow
+
+    result = run_without_tensorflow("""
+import tensorflow_datasets as tfds
+from cifar_jax import data
+with tfds.testing.mock_data(num_examples=5):
+    splits = data.load_cifar10()
+print(splits["train"][0].shape, splits["test"][1].dtype, "tensorflow" in sys.modules)
+""")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(5, 32, 32, 3) int32 False"
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(data.DataError, match=r"data dir .*nowhere does not exist: point --data-dir"):
         data.load_cifar10(str(tmp_path / "nowhere"))
