@@ -20,13 +20,13 @@ import numpy as np
 
 from benchmarks import peers
 from cifar_jax import data, parallel, steps
-from cifar_jax.config import Config
-from cifar_jax.models import MODELS
+from cifar_jax import state as train_state
+from cifar_jax.config import RECIPES, Config
 
 # Multiply-accumulates per image of each layer, from its shapes; the first layer needs no
 # input gradient. A training step costs 2 FLOPs per MAC forward, and again for the weight
 # gradient and (but for the first layer) the input gradient. Counted as executed: conv2 makes
-# the 12x12 outputs that its pool keeps, not 13x13 (`models.crop_for_pool`).
+# the 12x12 outputs that its pool keeps, not 13x13 (`ops.crop_for_pool`).
 LAYER_MACS = {
     "mlp": [3072 * 3000, 3000 * 1000, 1000 * 10],
     "cnn": [30 * 30 * (3 * 3 * 3) * 32, 12 * 12 * (3 * 3 * 32) * 64, 2304 * 64, 64 * 10],
@@ -62,12 +62,12 @@ class JaxSide:
         rng = np.random.default_rng(0)
         self.images = jax.device_put(rng.integers(0, 256, (n_images, 32, 32, 3), np.uint8), replicate)
         self.labels = jax.device_put(rng.integers(0, 10, n_images).astype(np.int32), replicate)
-        self.state = jax.device_put(steps.create_train_state(
-            MODELS[name](), config.optimizer, config.learning_rate, jax.random.key(0)), replicate)
+        self.state = jax.device_put(train_state.from_config(config, jax.random.key(0)), replicate)
         self.idx, self.mask = jax.device_put(
             data.batch_indices(n_images, batch_size, jax.random.key(1)), split)
+        self.key = jax.random.key(2)
         args = (self.state, self.images, self.labels, self.idx, self.mask)
-        self.compile_s = _timed(lambda: steps.train_batches.lower(*args).compile())
+        self.compile_s = _timed(lambda: steps.train_batches.lower(*args, self.key).compile())
         self.eval_compile_s = _timed(lambda: steps.eval_batches.lower(*args).compile())
         self.train_pass()  # warm the cache of jit itself: later passes dispatch only
 
@@ -75,7 +75,7 @@ class JaxSide:
         """One pass over the images; returns the images/s reached."""
         start = time.perf_counter()
         self.state, metrics = steps.train_batches(self.state, self.images, self.labels,
-                                                  self.idx, self.mask)
+                                                  self.idx, self.mask, self.key)
         jax.block_until_ready(metrics)
         return len(self.labels) / (time.perf_counter() - start)
 
@@ -147,7 +147,7 @@ def print_row(row):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["mlp", "cnn"])
+    p.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["mlp", "cnn"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 512])
     p.add_argument("--images", type=int, default=8192, help="images per timed pass (default: 8192)")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per side; the median counts (default: 5)")

@@ -1,6 +1,10 @@
-"""What the command-line tools share: one-line usage errors and checked numbers."""
+"""What the command-line tools share: one-line usage errors, checked numbers, and the flags
+generated from `Config`'s fields."""
 
 import argparse
+import dataclasses
+
+from cifar_jax.config import Config, default_text
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -10,11 +14,19 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _number(text, kind):
+    """`text` as an int, or for `kind` float a float unless it is written as an int ('10')."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text) if kind is float else None
+
+
 def positive(kind):
     """An argparse `type` accepting only finite numbers > 0 of `kind` (int or float)."""
     def parse(text):
         try:
-            value = kind(text)
+            value = _number(text, kind)
         except ValueError:
             value = None
         if value is None or not value > 0 or value == float("inf"):
@@ -23,3 +35,34 @@ def positive(kind):
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def add_config_flags(parser):
+    """One option per `Config` field, with the field's help, choices and default.
+
+    Every option defaults to None ("not given"), so that the model's recipe, or on --resume the
+    run's saved config, supplies what the user left out.
+    """
+    for field in dataclasses.fields(Config):
+        meta = field.metadata
+        flag = meta["flag"] or "--" + field.name.replace("_", "-")
+        default = default_text(field.name)
+        help = meta["help"] + (f" (default: {default})" if default else "")
+        if field.type is bool:  # a switch: turns the default (on or off) round
+            parser.add_argument(flag, dest=field.name, action="store_const",
+                                const=not field.default, help=help)
+            continue
+        kind = field.type if field.type in (int, float) else str
+        if kind is float and not meta["positive"]:
+            kind = lambda text: _number(text, float)
+            kind.__name__ = "number"
+        choices = sorted(meta["choices"]) if meta["choices"] else None
+        parser.add_argument(flag, dest=field.name, help=help, choices=choices,
+                            metavar=None if choices else flag[2:].upper().replace("-", "_"),
+                            type=positive(kind) if meta["positive"] else kind)
+
+
+def config_overrides(args):
+    """The Config settings given on the command line parsed by `add_config_flags`."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+            if getattr(args, f.name) is not None}

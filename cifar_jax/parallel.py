@@ -49,7 +49,7 @@ def check_divisible(batch_size, mesh, flag="--batch-size"):
                          f"multiple of {n}, such as {hint}")
 
 
-def is_writer():
+def is_main_process():
     """Only process 0 writes metrics, plots and prints; every process takes part in checkpoints."""
     return jax.process_index() == 0
 
@@ -61,7 +61,10 @@ def sync(name):
 
 
 def process_split(split):
-    """The part of a TFDS split that this process reads: all of it on one host."""
+    """The part of a TFDS split that this process reads, for `builder.as_data_source` (and
+    `as_dataset`) alike: all of it on one host; else this process's contiguous share, the shares
+    in process order making up the split (`tfds.split_for_jax_process`, which needs no
+    TensorFlow)."""
     if jax.process_count() == 1:
         return split
     import tensorflow_datasets as tfds

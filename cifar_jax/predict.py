@@ -10,30 +10,15 @@ import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifar_jax import checkpoint, steps
+from cifar_jax import models, run, steps
 from cifar_jax.cli import OneLineParser
-from cifar_jax.config import Config, ConfigError
 from cifar_jax.data import CLASS_NAMES, IMAGE_SHAPE, to_float
-from cifar_jax.models import MODELS
-
-
-class RunError(RuntimeError):
-    """The run directory cannot be used; the message says why and what to do."""
 
 
 def load_run(workdir):
-    """(config, model, params) of the newest checkpoint in a training run's `workdir`."""
-    try:
-        config = Config.load(workdir)
-    except ConfigError as e:
-        raise RunError(f"{e}: pass the --workdir of a `python -m cifar_jax.train` run") from None
-    model = MODELS[config.model]()
-    like = steps.create_train_state(model, config.optimizer, config.learning_rate, jax.random.key(0))
-    try:
-        state, _ = checkpoint.restore(checkpoint.manager(workdir, config.keep), like)
-    except checkpoint.CheckpointError as e:
-        raise RunError(str(e)) from None
-    return config, model, state.params
+    """(config, model, variables) of the newest checkpoint in a training run's `workdir`."""
+    config, state, _ = run.load_state(workdir)
+    return config, models.build(config.model, config.dtype), state.variables
 
 
 def load_image(path):
@@ -50,9 +35,12 @@ def load_image(path):
         raise ValueError(e.strerror or str(e)) from None
 
 
-def predict_proba(model, params, images):
-    """uint8 images [N, 32, 32, 3] -> class probabilities [N, 10]."""
-    return np.asarray(jax.nn.softmax(jax.jit(model.apply)(params, to_float(images))))
+def predict_proba(model, variables, images, tta=0):
+    """uint8 images [N, 32, 32, 3] -> class probabilities [N, 10], with the test-time
+    augmentation `tta` of the run's recipe (`steps.tta_logits`)."""
+    logits = jax.jit(steps.tta_logits, static_argnums=(0, 3))(
+        model.apply, variables, to_float(images), tta)
+    return np.asarray(jax.nn.softmax(logits))
 
 
 def parse_args(argv=None):
@@ -77,12 +65,12 @@ def main(argv=None):
             print(f"error: {path}: {e}", file=sys.stderr)
             failed += 1
     try:
-        _, model, params = load_run(args.workdir)
-    except RunError as e:
+        config, model, variables = load_run(args.workdir)
+    except run.RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if loaded:
-        probs = predict_proba(model, params, np.stack([image for _, image in loaded]))
+        probs = predict_proba(model, variables, np.stack([image for _, image in loaded]), config.tta)
         for (path, _), p in zip(loaded, probs):
             top3 = [(CLASS_NAMES[i], float(p[i])) for i in np.argsort(-p)[:3]]
             label, probability = top3[0]

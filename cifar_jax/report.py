@@ -1,10 +1,9 @@
 """What a finished run shows a person: the confusion matrix, a per-class report, training curves."""
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import (
+    Figure,  # figures drawn straight to files: no pyplot, no GUI backend
+)
 
 
 def confusion_matrix(labels, predictions, num_classes):
@@ -36,25 +35,28 @@ def classification_report(counts, class_names):
 def plot_confusion_matrix(counts, class_names, path, title="Confusion matrix (test set)"):
     """Counts written in each cell, coloured by the row-normalised rate (recall per class)."""
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig = Figure(figsize=(8, 7))
+    ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, label="fraction of the true class")
     ticks = np.arange(len(class_names))
     ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
            xlabel="predicted class", ylabel="true class", title=title)
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    ax.tick_params(axis="x", labelrotation=45)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
     for i, j in np.ndindex(counts.shape):
         ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                 color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_history(history, path):
     """Loss and accuracy per epoch, train and test, from the rows of metrics.jsonl."""
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "accuracy")):
         for split in ("train", "test"):
             ax.plot(epochs, [row[f"{split}_{key}"] for row in history], marker="o", label=split)
@@ -64,4 +66,3 @@ def plot_history(history, path):
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

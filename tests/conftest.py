@@ -1,4 +1,5 @@
 import os
+import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,3 +27,17 @@ def cnn_run(tmp_path_factory):
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
         history = train_and_evaluate(config, workdir, progress=False)
     return config, workdir, history
+
+
+@pytest.fixture
+def damaged_run(cnn_run, tmp_path):
+    """A copy of `cnn_run` whose newest checkpoint (epoch 2) is damaged: (workdir, its path)."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(cnn_run[1], workdir)
+    newest = os.path.join(workdir, "checkpoints", "2")
+    for root, _, files in os.walk(newest):
+        for name in files:
+            if name != "_CHECKPOINT_METADATA":
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    return workdir, newest

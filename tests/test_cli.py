@@ -22,9 +22,9 @@ def test_train_help_explains_every_flag():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "resnet"], "argument --model: invalid choice: 'resnet' (choose from 'cnn', 'mlp')"),
-    (["--epochs", "0"], "argument --epochs: must be a positive integer, got '0'"),
-    (["--epochs", "ten"], "argument --epochs: must be a positive integer, got 'ten'"),
+    (["--model", "resnet"], "argument --model: invalid choice: 'resnet' (choose from 'airbench94', 'cnn', 'mlp')"),
+    (["--epochs", "0"], "argument --epochs: must be a positive number, got '0'"),
+    (["--epochs", "ten"], "argument --epochs: must be a positive number, got 'ten'"),
     (["--batch-size", "-32"], "argument --batch-size: must be a positive integer, got '-32'"),
     (["--learning-rate", "nan"], "argument --learning-rate: must be a positive number, got 'nan'"),
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),

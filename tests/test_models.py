@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cifar_jax.models import CNN, MLP, conv_as_matmul, crop_for_pool, max_pool_2x2
+from cifar_jax.models import CNN, MLP
+from cifar_jax.ops import conv_as_matmul, crop_for_pool, max_pool_2x2
 
 
 def n_params(params):

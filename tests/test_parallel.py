@@ -8,9 +8,8 @@ import subprocess
 import pytest
 from mock_train import cnn_command
 
-from cifar_jax import parallel
+from cifar_jax import parallel, run
 from cifar_jax.config import Config
-from cifar_jax.train import open_run
 
 
 def mock_train(workdir, devices, *extra):
@@ -50,12 +49,12 @@ def test_check_divisible_hints():
         parallel.check_divisible(5, Mesh())
 
 
-def test_every_process_checks_the_workdir_before_the_writer_fills_it(tmp_path, monkeypatch):
+def test_every_process_checks_the_workdir_before_the_main_one_fills_it(tmp_path, monkeypatch):
     # Otherwise a slower process finds process 0's config.json and refuses a "non-empty" workdir.
     workdir = tmp_path / "run"
     seen_at_sync = []
     monkeypatch.setattr(parallel, "sync", lambda name: seen_at_sync.append(workdir.exists()))
-    open_run(Config.for_model("cnn"), str(workdir), resume=False)
+    run.create(Config.for_model("cnn"), str(workdir))
     assert seen_at_sync == [False]
     assert os.listdir(workdir) == ["config.json"]
 

@@ -74,7 +74,7 @@ def test_resume_drops_metrics_of_an_epoch_whose_checkpoint_never_landed(cnn_run,
 
 
 def test_keep_limits_the_checkpoints(mock_cifar10, tmp_path):
-    config = Config.for_model("cnn", epochs=4, eval_batch_size=32, keep=2)
+    config = Config.for_model("cnn", epochs=4, eval_batch_size=32, keep_checkpoints=2)
     train_and_evaluate(config, str(tmp_path), progress=False)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "4"]
 
@@ -115,16 +115,8 @@ def test_resume_errors_are_one_line_and_touch_nothing(cnn_run, mock_cifar10, tmp
     assert snapshot(run) == before
 
 
-def test_missing_and_corrupt_checkpoints_are_runtime_errors(cnn_run, mock_cifar10, tmp_path, capsys):
-    _, finished, _ = cnn_run
-    run = str(tmp_path / "run")
-    shutil.copytree(finished, run)
-    newest = os.path.join(run, "checkpoints", "2")
-    for root, _, files in os.walk(newest):
-        for name in files:
-            if name != "_CHECKPOINT_METADATA":
-                with open(os.path.join(root, name), "wb") as f:
-                    f.write(b"garbage")
+def test_missing_and_corrupt_checkpoints_are_runtime_errors(damaged_run, mock_cifar10, capsys):
+    run, newest = damaged_run
     before = snapshot(run)
     code, err = run_cli(capsys, "--workdir", run, "--resume")
     assert code == 1

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import data, steps
+from cifar_jax import data, optim, steps
+from cifar_jax import state as train_state
 from cifar_jax.models import CNN, MLP
 
 
@@ -15,7 +16,10 @@ def fixed_batch(n=32, seed=0):
 
 
 def new_state(model=None, optimizer="adam", lr=1e-3):
-    return steps.create_train_state(model or CNN(), optimizer, lr, jax.random.key(0))
+    return train_state.create(model or CNN(), optim.OPTIMIZERS[optimizer](lr), jax.random.key(0))
+
+
+KEY = jax.random.key(7)
 
 
 @pytest.mark.parametrize("model, optimizer, lr", [(CNN(), "adam", 1e-3), (MLP(), "sgd", 0.01)])
@@ -24,7 +28,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(model, optimizer, lr):
     step = jax.jit(steps.train_step)
     losses = []
     for _ in range(30):
-        state, metrics = step(state, batch)
+        state, metrics = step(state, batch, KEY)
         losses.append(float(metrics["loss_sum"] / metrics["count"]))
     assert int(state.step) == 30
     assert losses[-1] < 0.5 * losses[0]
@@ -36,8 +40,8 @@ def test_padded_partial_batch_trains_like_the_short_batch():
               "label": jnp.concatenate([batch["label"], jnp.zeros_like(batch["label"])]),
               "mask": jnp.concatenate([jnp.ones(16), jnp.zeros(16)])}
     step = jax.jit(steps.train_step)  # SGD: the update is the gradient itself, nothing magnifies
-    short, m_short = step(new_state(optimizer="sgd", lr=0.01), batch)
-    full, m_full = step(new_state(optimizer="sgd", lr=0.01), padded)
+    short, m_short = step(new_state(optimizer="sgd", lr=0.01), batch, KEY)
+    full, m_full = step(new_state(optimizer="sgd", lr=0.01), padded, KEY)
     assert float(m_full["count"]) == 16
     np.testing.assert_allclose(float(m_full["loss_sum"]), float(m_short["loss_sum"]), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(short.params)):
@@ -49,10 +53,11 @@ def test_train_batches_scan_equals_a_python_loop_of_train_step():
     images = jnp.asarray(rng.integers(0, 256, (40, 32, 32, 3)), jnp.uint8)
     labels = jnp.asarray(rng.integers(0, 10, 40), jnp.int32)
     idx, mask = data.batch_indices(40, 16, jax.random.key(3))
-    scanned, metrics = steps.train_batches(new_state(), images, labels, idx, mask)
+    scanned, metrics = steps.train_batches(new_state(), images, labels, idx, mask, KEY)
     looped, step = new_state(), jax.jit(steps.train_step)
     for i, m in zip(idx, mask):
-        looped, _ = step(looped, {"image": images[i], "label": labels[i], "mask": m})
+        looped, _ = step(looped, {"image": images[i], "label": labels[i], "mask": m},
+                         jax.random.fold_in(KEY, looped.step))
     assert metrics["count"].tolist() == [16, 16, 8]
     for a, b in zip(jax.tree.leaves(scanned.params), jax.tree.leaves(looped.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)  # Adam magnifies reassociation
@@ -62,10 +67,10 @@ def test_eval_batches_counts_every_example_once():
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (50, 32, 32, 3)), jnp.uint8)
     labels = jnp.asarray(rng.integers(0, 10, 50), jnp.int32)
-    state = new_state()
+    fresh = new_state()
     idx, mask = data.batch_indices(50, 20)
-    metrics, predictions = steps.eval_batches(state, images, labels, idx, mask)
-    expected = state.apply_fn(state.params, data.to_float(images)).argmax(-1)
+    metrics, predictions = steps.eval_batches(fresh, images, labels, idx, mask)
+    expected = fresh.apply_fn(fresh.variables, data.to_float(images)).argmax(-1)
     np.testing.assert_array_equal(np.asarray(predictions).reshape(-1)[:50], expected)
     summary = steps.summarise(metrics)
     assert summary["accuracy"] == pytest.approx(float((expected == labels).mean()))

@@ -13,7 +13,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_run_writes_every_output(cnn_run):
     config, workdir, history = cnn_run
     assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "confusion_matrix.png",
-                                           "history.png", "metrics.jsonl", "report.txt"]
+                                           "history.png", "metrics.jsonl", "report.txt",
+                                           "tensorboard"]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert rows == history
@@ -64,9 +65,9 @@ def test_config_defaults_follow_the_tutorial():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"model": "resnet"}, "unknown model 'resnet': choose one of mlp, cnn"),
-    ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop': choose one of sgd, adam"),
-    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+    ({"model": "resnet"}, "unknown model 'resnet': choose one of mlp, cnn, airbench94"),
+    ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop': choose one of sgd, adam, nesterov"),
+    ({"epochs": 0}, "epochs must be a positive number, got 0"),
     ({"batch_size": -3}, "batch_size must be a positive integer, got -3"),
     ({"learning_rate": 0.0}, "learning_rate must be a positive number, got 0.0"),
 ])

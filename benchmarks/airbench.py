@@ -1,0 +1,135 @@
+"""The airbench94 recipe, cifar_jax beside the PyTorch port (`benchmarks/airbench_torch.py`), in
+one run on one machine: training images/s, and test accuracy (with TTA) over several seeds.
+
+    python -m benchmarks.airbench --throughput                  # images/s at batch 1024, both sides
+    python -m benchmarks.airbench --data-dir DIR --seeds 0 1 2 --epochs 2 --json out.json
+
+Throughput: steady-state training steps on random data (compilation and warm-up apart), passes
+taken in turn so that drift hits both sides alike; the median counts. Accuracy: each seed trains
+in full on each side (`--epochs` shortens the run and its schedules alike); the summary gives
+mean ± std (ddof 1) of the TTA test accuracy and of the training seconds.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import airbench_torch
+from cifar_jax import data, steps
+from cifar_jax import state as train_state
+from cifar_jax.config import Config
+from cifar_jax.train import train_and_evaluate
+
+
+class JaxSide:
+    """cifar_jax's compiled airbench94 step on random uint8 images kept on the device."""
+
+    def __init__(self, batch_size, steps_per_pass, dtype="float32"):
+        config = Config.for_model("airbench94", batch_size=batch_size, dtype=dtype)
+        rng = np.random.default_rng(0)
+        n = batch_size * steps_per_pass
+        images = rng.integers(0, 256, (n, 32, 32, 3), np.uint8)
+        self.images, self.labels = jax.device_put((images, rng.integers(0, 10, n).astype(np.int32)))
+        self.state = train_state.from_config(config, jax.random.key(0), 50_000, images)
+        self.idx, self.mask = data.batch_indices(n, batch_size, jax.random.key(1))
+        self.key = jax.random.key(2)
+        start = time.perf_counter()
+        steps.train_batches.lower(self.state, self.images, self.labels, self.idx, self.mask,
+                                  self.key).compile()
+        self.compile_s = time.perf_counter() - start
+        self.train_pass()  # warm jit's own cache
+
+    def train_pass(self):
+        start = time.perf_counter()
+        self.state, metrics = steps.train_batches(self.state, self.images, self.labels, self.idx,
+                                                  self.mask, self.key)
+        jax.block_until_ready(metrics)
+        return len(self.labels) / (time.perf_counter() - start)
+
+
+def throughput(batch_size, steps_per_pass, repeats, device):
+    jax_side = JaxSide(batch_size, steps_per_pass)
+    torch_pass = airbench_torch.throughput_pass(batch_size, steps_per_pass, device)
+    rates = {"cifar_jax": [], "pytorch": []}
+    for _ in range(repeats):
+        rates["cifar_jax"].append(jax_side.train_pass())
+        rates["pytorch"].append(torch_pass())
+    result = {side: statistics.median(r) for side, r in rates.items()}
+    result["ratio"] = result["cifar_jax"] / result["pytorch"]
+    result["cifar_jax_compile_s"] = jax_side.compile_s
+    print(f"airbench94 batch {batch_size}: cifar_jax {result['cifar_jax']:,.0f} img/s, PyTorch "
+          f"{result['pytorch']:,.0f} img/s (x{result['ratio']:.2f}); cifar_jax compile "
+          f"{jax_side.compile_s:.1f} s", flush=True)
+    return result
+
+
+def accuracy(data_dir, seeds, epochs, device):
+    splits = data.load_cifar10(data_dir, download=False)
+    runs = {"cifar_jax": [], "pytorch": []}
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as workdir:
+            config = Config.for_model("airbench94", epochs=epochs, seed=seed, data_dir=data_dir,
+                                      download=False)
+            history = train_and_evaluate(config, os.path.join(workdir, "run"), progress=False)
+        runs["cifar_jax"].append({"seed": seed, "test_accuracy": history[-1]["test_accuracy"],
+                                  "test_accuracy_tta": history[-1]["test_accuracy_tta"],
+                                  "train_seconds": sum(row["seconds"] for row in history)})
+        torch_run = airbench_torch.train(*splits["train"], *splits["test"], seed=seed,
+                                         epochs=epochs, device=device, progress=False)
+        runs["pytorch"].append({key: torch_run[key] for key in (
+            "seed", "test_accuracy", "test_accuracy_tta", "train_seconds")})
+        print(f"seed {seed}: " + "; ".join(
+            f"{side} TTA acc {r[-1]['test_accuracy_tta']:.4f} in {r[-1]['train_seconds']:.0f} s"
+            for side, r in runs.items()), flush=True)
+    summary = {side: _mean_std(r) for side, r in runs.items()}
+    for side, s in summary.items():
+        print(f"{side}: TTA test accuracy {s['test_accuracy_tta']['mean']:.4f} ± "
+              f"{s['test_accuracy_tta']['std']:.4f}, training {s['train_seconds']['mean']:.0f} ± "
+              f"{s['train_seconds']['std']:.0f} s (n={len(seeds)}, {epochs} epochs)", flush=True)
+    return {"runs": runs, "summary": summary}
+
+
+def _mean_std(rows):
+    return {key: {"mean": statistics.mean(r[key] for r in rows),
+                  "std": statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0}
+            for key in ("test_accuracy", "test_accuracy_tta", "train_seconds")}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.airbench",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--throughput", action="store_true",
+                   help="measure training images/s on random data instead of training")
+    p.add_argument("--batch-size", type=int, default=1024, help="throughput's batch (default: 1024)")
+    p.add_argument("--steps", type=int, default=4, help="throughput: steps per timed pass (default: 4)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="throughput: timed passes per side; the median counts (default: 5)")
+    p.add_argument("--data-dir", help="a prepared TFDS cifar10 (accuracy runs)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="accuracy: seeds trained on each side (default: 0 1 2)")
+    p.add_argument("--epochs", type=float, default=9.9, help="accuracy: epochs (default: 9.9)")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   default="cuda" if jax.default_backend() == "gpu" else "cpu",
+                   help="PyTorch's device (default: the one JAX uses)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    print(f"{jax.default_backend()}: {jax.devices()[0].device_kind}; jax {jax.__version__}, "
+          f"torch {airbench_torch.torch.__version__}", flush=True)
+    if args.throughput:
+        result = throughput(args.batch_size, args.steps, args.repeats, args.device)
+    else:
+        result = accuracy(args.data_dir, args.seeds, args.epochs, args.device)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+                       "jax": jax.__version__, **result}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

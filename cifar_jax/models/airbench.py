@@ -1,0 +1,190 @@
+"""The airbench94 network (Keller Jordan, cifar10-airbench `legacy/airbench94.py`) as a Flax module.
+
+    normalise -> whiten: Conv 2x2 'VALID', 3 -> 24, bias (32 -> 31) -> GELU
+    -> group1 (64) -> group2 (256) -> group3 (256)          spatial 31 -> 15 -> 7 -> 3
+    -> max over the 3x3 -> Dense(10, no bias) -> x 1/9
+
+each group: Conv 3x3 SAME -> max pool 2 -> BatchNorm -> GELU -> Conv 3x3 SAME -> BatchNorm -> GELU.
+
+Parameters of the default net: 1,971,640 = 288 (the stem kernel, set from the data by
+`init_whitening` and never trained) + 24 (the stem bias) + 1,967,616 (six 3x3 kernels:
+13,824 + 36,864 + 147,456 + 589,824 x 3) + 1,152 (BatchNorm biases) + 2,560 (the Dense).
+The trained ones are 1,971,352 (all but the stem kernel), as in the original. The PyTorch
+original's `parameters()` count 1,972,792: the same plus its 1,152 BatchNorm weights, which it
+fixes at 1 and never trains, and which do not exist here (`use_scale=False`).
+
+Initialisation, as PyTorch's: every kernel starts U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+(`kaiming_uniform_(a=sqrt(5))`, PyTorch's default for Conv2d and Linear), conv biases zero; then
+each convolution's first `in_channels` filters become the identity ("dirac"), so a 3x3 conv
+with as many outputs as inputs starts as exactly the identity. `model.init` gives all of this
+(the stem too, which the original builds with the same Conv class); the stem kernel is then
+replaced from the data with `init_whitening`.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cifar_jax.ops import max_pool_2x2
+
+__all__ = ["CIFAR_MEAN", "CIFAR_STD", "AirbenchNet", "ConvGroup", "dirac_init", "init_whitening",
+           "normalize", "torch_default_init", "whitening_kernel"]
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+# PyTorch's default for Conv2d and Linear weights, kaiming_uniform_(a=sqrt(5)):
+# bound = gain * sqrt(3 / fan_in) with gain^2 = 2 / (1 + 5), i.e. bound = 1 / sqrt(fan_in);
+# Flax's variance_scaling "uniform" draws U(-sqrt(3 * scale / fan_in), +...), so scale = 1/3.
+# For an HWIO kernel Flax's fan_in is kh * kw * cin, as PyTorch's.
+torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def dirac_init(base: Callable = torch_default_init) -> Callable:
+    """A kernel initialiser: `base`, then the identity on the first min(cin, cout) filters.
+
+    PyTorch's `dirac_(w[:cin])` on an OIHW kernel: for output channel o < cin, w[o] is zero but
+    w[o, o, kh // 2, kw // 2] = 1. In Flax's HWIO layout: kernel[..., o] = 0 except
+    kernel[kh // 2, kw // 2, o, o] = 1. (When cout < cin, `w[:cin]` is all cout filters and
+    dirac_ sets each to the identity of its own channel, hence min(cin, cout).)
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        kernel = base(key, shape, dtype)
+        kh, kw, cin, cout = shape
+        n = min(cin, cout)
+        identity = jnp.zeros((kh, kw, cin, n), dtype).at[kh // 2, kw // 2, :n, :].set(
+            jnp.eye(n, dtype=dtype))
+        return kernel.at[..., :n].set(identity)
+
+    return init
+
+
+def normalize(images):
+    """Float images in [0, 1] -> (images - CIFAR_MEAN) / CIFAR_STD, in float32."""
+    images = jnp.asarray(images, jnp.float32)
+    return (images - jnp.asarray(CIFAR_MEAN)) / jnp.asarray(CIFAR_STD)
+
+
+class ConvGroup(nn.Module):
+    """conv1 3x3 -> max pool 2 -> norm1 -> GELU -> conv2 3x3 -> norm2 -> GELU; no residual."""
+
+    features: int
+    batchnorm_momentum: float = 0.6
+    dtype: Any = jnp.float32
+    conv: Callable = lax.conv_general_dilated
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        def conv(name):
+            return nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False,
+                           kernel_init=dirac_init(), dtype=self.dtype, param_dtype=jnp.float32,
+                           conv_general_dilated=self.conv, name=name)
+
+        def norm(name):
+            # Flax updates ra = momentum * ra + (1 - momentum) * batch; PyTorch updates
+            # ra = (1 - m) * ra + m * batch, and the original builds BatchNorm2d(momentum=1 - 0.6):
+            # so Flax momentum=0.6 is the same rule, new = 0.6 * old + 0.4 * batch. PyTorch puts
+            # the unbiased batch variance (x n / (n - 1)) into running_var, Flax the biased one;
+            # with n = batch x H x W >= 9,216 at batch 1024 the difference is < 0.011% of the
+            # batch's share. Statistics are computed and kept in float32 whatever `dtype` is
+            # (Flax's force_float32_reductions); only the output is cast to `dtype`.
+            # use_fast_variance=False: E[(x - mean)^2] as PyTorch computes it, not
+            # E[x^2] - mean^2, whose cancellation the tiny epsilon (1e-12) would not absorb.
+            return nn.BatchNorm(use_running_average=not train, momentum=self.batchnorm_momentum,
+                                epsilon=1e-12, use_scale=False, use_bias=True,
+                                use_fast_variance=False, dtype=self.dtype,
+                                param_dtype=jnp.float32, name=name)
+
+        x = conv("conv1")(x)
+        x = max_pool_2x2(x)  # floors odd sizes, as torch's MaxPool2d(2): 31 -> 15 -> 7 -> 3
+        x = nn.gelu(norm("norm1")(x), approximate=False)  # torch's nn.GELU() is the exact one
+        x = conv("conv2")(x)
+        return nn.gelu(norm("norm2")(x), approximate=False)
+
+
+class AirbenchNet(nn.Module):
+    """airbench94's network: 1,971,640 parameters (see the module docstring).
+
+    `apply(variables, images, train=..., mutable=["batch_stats"] when training)`; images float
+    in [0, 1], [B, 32, 32, 3]; returns float32 logits [B, 10]. `dtype` is the computation
+    dtype (float32 or bfloat16); parameters and BatchNorm statistics are float32.
+    """
+
+    widths: tuple[int, ...] = (64, 256, 256)
+    batchnorm_momentum: float = 0.6
+    scaling_factor: float = 1 / 9
+    whiten_width: int = 24  # 2 * 3 * 2 * 2: the 12 whitening filters and their negations
+    num_classes: int = 10
+    dtype: Any = jnp.float32
+    conv: Callable = lax.conv_general_dilated
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = normalize(x)
+        x = nn.Conv(self.whiten_width, (2, 2), padding="VALID", use_bias=True,
+                    kernel_init=dirac_init(), bias_init=nn.initializers.zeros,
+                    dtype=self.dtype, param_dtype=jnp.float32, conv_general_dilated=self.conv,
+                    name="whiten")(x)
+        x = nn.gelu(x, approximate=False)
+        for i, width in enumerate(self.widths):
+            x = ConvGroup(width, self.batchnorm_momentum, dtype=self.dtype, conv=self.conv,
+                          name=f"group{i + 1}")(x, train)
+        x = x.max(axis=(1, 2))  # MaxPool2d(3) on the last 3x3, then flatten
+        x = nn.Dense(self.num_classes, use_bias=False, kernel_init=torch_default_init,
+                     dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
+        return x.astype(jnp.float32) * self.scaling_factor
+
+
+@jax.jit
+def _patch_covariance(images):
+    """C = P^T P / n over every 2x2x3 patch of the normalised images (no mean subtracted).
+
+    A patch is flattened in HWIO-kernel order, index (i * 2 + j) * 3 + c, so that an
+    eigenvector reshaped to (2, 2, 3) is a filter of the stem's kernel as it stands.
+    """
+    x = normalize(images)
+    h, w = x.shape[1] - 1, x.shape[2] - 1
+    patches = jnp.concatenate([x[:, i:i + h, j:j + w, :] for i in range(2) for j in range(2)],
+                              axis=-1).reshape(-1, 12)
+    # HIGHEST: no TF32 / bf16 passes on accelerators; the small eigenvalues need the precision.
+    return jnp.dot(patches.T, patches, precision=lax.Precision.HIGHEST) / patches.shape[0]
+
+
+def whitening_kernel(images, eps=5e-4):
+    """The stem's kernel [2, 2, 3, 24] (HWIO) that whitens the 2x2 patches of `images`.
+
+    `images`: float in [0, 1], [N, 32, 32, 3] (the recipe uses the first 5,000 training
+    images; uint8 is scaled by 1/255). As the original's init_whitening_conv: normalise,
+    C = P^T P / n over all patches, eigenpairs (lambda, v) with lambda descending, filters
+    v / sqrt(lambda + eps), then their negations. The original flattens patches as (c, h, w)
+    and reshapes v into an OIHW filter; flattening as (h, w, c) and reshaping into HWI is the
+    same filter, since an eigendecomposition does not depend on the order of the coordinates
+    (eigenvector signs are arbitrary in both).
+    """
+    images = jnp.asarray(images)
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        images = images.astype(jnp.float32) / 255.0
+    eigenvalues, eigenvectors = jnp.linalg.eigh(_patch_covariance(images))  # ascending
+    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+    filters = (eigenvectors / jnp.sqrt(eigenvalues + eps)).reshape(2, 2, 3, 12)
+    return jnp.concatenate([filters, -filters], axis=-1).astype(jnp.float32)
+
+
+def init_whitening(variables, images, eps=5e-4):
+    """`variables` with params["whiten"]["kernel"] set by `whitening_kernel(images, eps)`.
+
+    Pure: returns a new dict; `variables` is left as it was. The kernel is meant to stay
+    fixed in training (the optimiser should not update it).
+    """
+    params = variables["params"]
+    kernel = whitening_kernel(images, eps)
+    if kernel.shape != params["whiten"]["kernel"].shape:
+        raise ValueError(f"whitening kernel {kernel.shape} does not fit the stem's "
+                         f"{params['whiten']['kernel'].shape} (whiten_width must be 24)")
+    return {**variables,
+            "params": {**params, "whiten": {**params["whiten"], "kernel": kernel}}}
