@@ -1,13 +1,16 @@
 """Training-step throughput of cifar_jax, beside Keras and PyTorch, on the current backend.
 
-    python -m benchmarks.throughput [--models mlp cnn] [--batch-sizes 32 128 512] [--json out.json]
+    python -m benchmarks.throughput [--models mlp cnn] [--batch-sizes 32 128 512]
+                                    [--dtypes float32 bfloat16] [--json out.json]
 
-For each model and batch size: steady-state training images/s (compilation excluded, timed
-apart), evaluation images/s, compile time, the on-device input pipeline's images/s, and the
-achieved GFLOP/s against this machine's measured matmul rate. Keras (`model.fit` on in-memory
-arrays) and PyTorch (a plain training loop) are timed in the same run, interleaved with
-cifar_jax pass by pass, so drift hits every side alike; ratios are cifar_jax / peer.
-Synthetic data of CIFAR-10's shape: throughput does not depend on the pixel values.
+For each model, dtype and batch size: steady-state training images/s (compilation excluded,
+timed apart), evaluation images/s, compile time, the on-device input pipeline's images/s, and
+the achieved FLOP/s against the device's peak (its datasheet's dense tensor-core figure for
+that dtype on known GPUs; on a CPU, its measured float32 matmul rate). Keras (`model.fit` on
+in-memory arrays) and PyTorch (a plain training loop), where installed, are timed in the same
+run (float32 only), interleaved with cifar_jax pass by pass, so drift hits every side alike;
+ratios are cifar_jax / peer. Synthetic data of CIFAR-10's shape: throughput does not depend on
+the pixel values.
 """
 
 import argparse
@@ -21,7 +24,7 @@ import numpy as np
 from benchmarks import peers
 from cifar_jax import data, parallel, steps
 from cifar_jax import state as train_state
-from cifar_jax.config import RECIPES, Config
+from cifar_jax.config import Config
 
 # Multiply-accumulates per image of each layer, from its shapes; the first layer needs no
 # input gradient. A training step costs 2 FLOPs per MAC forward, and again for the weight
@@ -35,6 +38,21 @@ LAYER_MACS = {
 
 def train_flops_per_image(name):
     return sum(2 * macs * (2 if i == 0 else 3) for i, macs in enumerate(LAYER_MACS[name]))
+
+
+# Dense peak TFLOP/s from the vendors' datasheets (SXM parts; float32 matmuls run on TF32 tensor
+# cores under JAX's default precision on these GPUs), by a substring of jax's device_kind.
+PEAK_TFLOPS = {"H100": {"float32": 495, "bfloat16": 989}, "H200": {"float32": 495, "bfloat16": 989},
+               "A100": {"float32": 156, "bfloat16": 312}}
+
+
+def peak_gflops(dtype):
+    """The device's peak GFLOP/s for `dtype`: a datasheet figure, or on a CPU the measured
+    float32 matmul rate; None for an accelerator not in PEAK_TFLOPS."""
+    if jax.default_backend() == "cpu":
+        return matmul_gflops()
+    kind = jax.devices()[0].device_kind
+    return next((1000 * peaks[dtype] for name, peaks in PEAK_TFLOPS.items() if name in kind), None)
 
 
 def matmul_gflops(n=2048, repeats=10):
@@ -55,8 +73,8 @@ def _timed(fn):
 class JaxSide:
     """cifar_jax's compiled training loop on synthetic uint8 data kept on the device."""
 
-    def __init__(self, name, batch_size, n_images):
-        config = Config.for_model(name)
+    def __init__(self, name, batch_size, n_images, dtype="float32"):
+        config = Config.for_model(name, dtype=dtype)
         mesh = parallel.data_mesh()  # as in training: batches split over all devices
         replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh)
         rng = np.random.default_rng(0)
@@ -99,67 +117,84 @@ def pipeline_images_per_s(batch_size, n_images=50_000, repeats=5):
     return n_images / best
 
 
-def run(models, batch_sizes, n_images, repeats, peer_names):
+def run(models, batch_sizes, dtypes, n_images, repeats, peer_names):
     found = peers.available()
+    missing = [peer for peer in peer_names if peer not in found]
     rows = []
-    peak = matmul_gflops()
-    print(f"{jax.default_backend()}, {jax.device_count()} device(s); float32 matmul "
-          f"(2048x2048, XLA) {peak:,.0f} GFLOP/s", flush=True)
+    peaks = {dtype: peak_gflops(dtype) for dtype in dtypes}
+    print(f"{jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}; "
+          f"jax {jax.__version__}; peak GFLOP/s "
+          + ", ".join(f"{d} {p:,.0f}" if p else f"{d} unknown" for d, p in peaks.items())
+          + "".join(f"; {peer}: not installed" for peer in missing), flush=True)
     for name in models:
-        for batch_size in batch_sizes:
-            rng = np.random.default_rng(0)
-            x = rng.random((n_images, 32, 32, 3), np.float32)
-            y = rng.integers(0, 10, n_images).astype(np.int32)
-            jax_side = JaxSide(name, batch_size, n_images)
-            sides = {"cifar_jax": jax_side.train_pass}
-            for peer in peer_names:
-                if peer in found:
-                    sides[peer] = found[peer](name, batch_size, x, y)
-                    sides[peer]()  # warm-up pass: tracing, graph building, allocation
-            rates = {side: [] for side in sides}
-            for _ in range(repeats):  # interleaved, so drift hits every side alike
-                for side, train_pass in sides.items():
-                    rates[side].append(train_pass())
-            eval_s = min(_timed(jax_side.eval_pass) for _ in range(repeats))
-            row = {"model": name, "batch_size": batch_size, "images_per_pass": n_images,
-                   "train_images_per_s": {s: statistics.median(r) for s, r in rates.items()},
-                   "compile_s": jax_side.compile_s, "eval_compile_s": jax_side.eval_compile_s,
-                   "eval_images_per_s": n_images / eval_s,
-                   "pipeline_images_per_s": pipeline_images_per_s(batch_size),
-                   "train_flops_per_image": train_flops_per_image(name), "matmul_gflops": peak}
-            ips = row["train_images_per_s"]
-            row["ratios"] = {peer: ips["cifar_jax"] / ips[peer] for peer in ips if peer != "cifar_jax"}
-            row["train_gflops"] = ips["cifar_jax"] * row["train_flops_per_image"] / 1e9
-            rows.append(row)
-            print_row(row)
+        for dtype in dtypes:
+            for batch_size in batch_sizes:
+                rows.append(measure(name, dtype, batch_size, n_images, repeats,
+                                    [p for p in peer_names if p in found] if dtype == "float32"
+                                    else [], found, peaks[dtype]))
+                print_row(rows[-1])
     return rows
+
+
+def measure(name, dtype, batch_size, n_images, repeats, peer_names, found, peak):
+    rng = np.random.default_rng(0)
+    x = rng.random((n_images, 32, 32, 3), np.float32)
+    y = rng.integers(0, 10, n_images).astype(np.int32)
+    jax_side = JaxSide(name, batch_size, n_images, dtype)
+    sides = {"cifar_jax": jax_side.train_pass}
+    for peer in peer_names:
+        sides[peer] = found[peer](name, batch_size, x, y)
+        sides[peer]()  # warm-up pass: tracing, graph building, allocation
+    rates = {side: [] for side in sides}
+    for _ in range(repeats):  # interleaved, so drift hits every side alike
+        for side, train_pass in sides.items():
+            rates[side].append(train_pass())
+    eval_s = min(_timed(jax_side.eval_pass) for _ in range(repeats))
+    row = {"model": name, "dtype": dtype, "batch_size": batch_size, "images_per_pass": n_images,
+           "device": jax.devices()[0].device_kind,
+           "train_images_per_s": {s: statistics.median(r) for s, r in rates.items()},
+           "compile_s": jax_side.compile_s, "eval_compile_s": jax_side.eval_compile_s,
+           "eval_images_per_s": n_images / eval_s,
+           "pipeline_images_per_s": pipeline_images_per_s(batch_size),
+           "train_flops_per_image": train_flops_per_image(name), "peak_gflops": peak}
+    ips = row["train_images_per_s"]
+    row["ratios"] = {peer: ips["cifar_jax"] / ips[peer] for peer in ips if peer != "cifar_jax"}
+    row["train_gflops"] = ips["cifar_jax"] * row["train_flops_per_image"] / 1e9
+    return row
 
 
 def print_row(row):
     ips = row["train_images_per_s"]
     peers_text = "  ".join(f"{p} {ips[p]:7,.0f} (x{r:.2f})" for p, r in row["ratios"].items())
-    print(f"{row['model']:3s} b{row['batch_size']:<4d} cifar_jax {ips['cifar_jax']:7,.0f} img/s  "
-          f"{peers_text}  | compile {row['compile_s']:.2f}s  eval {row['eval_images_per_s']:8,.0f} img/s"
-          f"  pipeline {row['pipeline_images_per_s']:9,.0f} img/s  | "
-          f"{row['train_flops_per_image'] / 1e6:.1f} MFLOP/img -> {row['train_gflops']:.0f} GFLOP/s "
-          f"({row['train_gflops'] / row['matmul_gflops']:.0%} of matmul)", flush=True)
+    of_peak = f" ({row['train_gflops'] / row['peak_gflops']:.1%} of peak)" if row["peak_gflops"] else ""
+    print(f"{row['model']:3s} {row['dtype']:8s} b{row['batch_size']:<4d} cifar_jax "
+          f"{ips['cifar_jax']:9,.0f} img/s  {peers_text}  | compile {row['compile_s']:.2f}s  eval "
+          f"{row['eval_images_per_s']:9,.0f} img/s  pipeline {row['pipeline_images_per_s']:9,.0f} "
+          f"img/s  | {row['train_flops_per_image'] / 1e6:.1f} MFLOP/img -> "
+          f"{row['train_gflops']:,.0f} GFLOP/s{of_peak}", flush=True)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["mlp", "cnn"])
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 512])
+    p.add_argument("--models", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"],
+                   help="the tutorial's models to measure (default: both)")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 512],
+                   help="global training batch sizes (default: 32 128 512)")
+    p.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"],
+                   default=["float32"] if jax.default_backend() == "cpu" else ["float32", "bfloat16"],
+                   help="computation dtypes (default: float32 on a CPU, both elsewhere)")
     p.add_argument("--images", type=int, default=8192, help="images per timed pass (default: 8192)")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per side; the median counts (default: 5)")
     p.add_argument("--peers", nargs="*", default=["keras", "torch"], choices=["keras", "torch"],
                    help="frameworks to measure beside cifar_jax when importable (default: both)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    rows = run(args.models, args.batch_sizes, args.images, args.repeats, args.peers)
+    rows = run(args.models, args.batch_sizes, args.dtypes, args.images, args.repeats, args.peers)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"backend": jax.default_backend(), "devices": jax.device_count(),
-                       "jax": jax.__version__, "rows": rows}, f, indent=2)
+                       "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                       "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

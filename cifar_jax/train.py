@@ -87,16 +87,20 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
         created = run.create(config, workdir, is_main_process)
     try:
         splits = data.load_cifar10(config.data_dir, config.download, config.archive)
-    except data.DataError:
+        n_train = len(splits["train"][1])
+        steps_per_epoch, total_steps = train_state.run_length(config, n_train)
+        if not steps_per_epoch:
+            raise ConfigError(f"--batch-size {config.batch_size} is more than the {n_train} "
+                              "training images, and the recipe drops partial batches: use a "
+                              "smaller --batch-size")
+    except (data.DataError, ConfigError):
         if is_main_process and not resume:  # leave no half-made run behind
             run.discard(workdir, created)
         raise
     train_images, train_labels = jax.device_put(splits["train"], replicate)
     test = evaluate.place_test_set(*splits["test"], config.eval_batch_size, mesh)
-    n_train = len(train_labels)
 
     init_key, data_key, step_key = seed_keys(config.seed)
-    steps_per_epoch, total_steps = train_state.run_length(config, n_train)
     _, learning_rate = train_state.optimizer(config, n_train)
     state = jax.device_put(train_state.from_config(config, init_key, n_train, splits["train"][0]),
                            replicate)
@@ -133,8 +137,8 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
             row = {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
                    "test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
                    "seconds": round(seconds, 3)}
-            if config.tta and epoch == math.ceil(config.epochs):
-                tta = evaluate.evaluate(state, test, config.tta)[0]
+            if config.tta and epoch == math.ceil(config.epochs):  # its predictions go in the reports
+                tta, predicted = evaluate.evaluate(state, test, config.tta)
                 row.update(test_loss_tta=tta["loss"], test_accuracy_tta=tta["accuracy"])
             history.append(row)
             if is_main_process:

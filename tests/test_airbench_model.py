@@ -274,7 +274,7 @@ def test_whitening_kernel_matches_the_original_formula():
 
 
 def test_whitening_accepts_uint8_and_init_whitening_is_pure(small):
-    model, variables, _, _ = small
+    _, variables, _, _ = small
     images = structured_images(16, seed=5)
     as_uint8 = np.round(images * 255).astype(np.uint8)
     np.testing.assert_allclose(whitening_kernel(as_uint8), whitening_kernel(as_uint8 / 255.0),

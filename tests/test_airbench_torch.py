@@ -18,7 +18,7 @@ def test_network_shape_and_parameters():
     assert sum(p.numel() for p in net.parameters()) == 1_972_792
     frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
     assert "whiten.weight" in frozen
-    assert all(n.endswith("norm1.weight") or n.endswith("norm2.weight")
+    assert all(n.endswith(("norm1.weight", "norm2.weight"))
                for n in frozen - {"whiten.weight"})
     assert len(frozen) == 7
     x = torch.randn(3, 3, 32, 32).contiguous(memory_format=torch.channels_last)

@@ -81,7 +81,7 @@ def test_alternating_flip():
         outs = _alt_both(x8, x32, KEY, indices, epoch)
         expected = base ^ (epoch % 2 == 1)
         np.testing.assert_array_equal(np.asarray(outs[2]), expected)
-        _check_both(outs, x8, x32, lambda x: _np_flip(x, expected))
+        _check_both(outs, x8, x32, lambda x, expected=expected: _np_flip(x, expected))
         masks.append(np.asarray(outs[2]))
     for e in range(3):
         assert not np.any(masks[e] == masks[e + 1])  # every image changes state every epoch
@@ -167,7 +167,7 @@ def test_cutout_matches_reference():
     centres = np.asarray(outs[2])
     assert centres.min() == 0 and centres.max() == 31  # uniform over the image
     for size, sized_outs in ((8, outs[:2]), (5, outs[3:])):
-        _check_both(sized_outs, x8, x32, lambda x: _np_cutout(x, centres, size))
+        _check_both(sized_outs, x8, x32, lambda x, size=size: _np_cutout(x, centres, size))
         # Zeroed area: size x size inside, clipped at the border; the batch has both kinds.
         zeroed = (np.asarray(sized_outs[0]) == 0).all(axis=-1).sum(axis=(1, 2))
         top, left = centres[:, 0] - size // 2, centres[:, 1] - size // 2
@@ -220,7 +220,7 @@ def test_augment_composition_and_keys(names):
     x8, _ = _images(seed=1)
     indices = np.random.default_rng(3).permutation(50_000)[:B]
     key, flip_key = jax.random.key(7), jax.random.key(8)
-    kw = dict(indices=indices, flip_key=flip_key, translate_pad=2, cutout_size=8)
+    kw = {"indices": indices, "flip_key": flip_key, "translate_pad": 2, "cutout_size": 8}
     y = _augment(x8, key, names, epoch=jnp.int32(3), **kw)  # jitted, names static, epoch traced
     assert y.dtype == np.uint8
     np.testing.assert_array_equal(np.asarray(y), _manual(x8, key, names, indices, 3, flip_key))

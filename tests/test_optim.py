@@ -230,8 +230,8 @@ def test_transcription_matches_torch_sgd():
     norm_biases = [p for k, p in named.items() if "norm" in k.lower() and p.requires_grad]
     other_params = [p for k, p in named.items() if "norm" not in k.lower() and p.requires_grad]
     optimizer = torch.optim.SGD(
-        [dict(params=norm_biases, lr=LR_BIASES, weight_decay=WD / LR_BIASES),
-         dict(params=other_params, lr=LR, weight_decay=WD / LR)],
+        [{"params": norm_biases, "lr": LR_BIASES, "weight_decay": WD / LR_BIASES},
+         {"params": other_params, "lr": LR, "weight_decay": WD / LR}],
         momentum=MOMENTUM, nesterov=True,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: get_lr(s, total))
@@ -336,7 +336,7 @@ def test_lookahead_step_matches_original_loop(total):
     for current_steps in range(1, total + 1):  # after each optimiser step
         noise = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in ref_cur.items()}
         ref_cur = {k: v + noise[k] for k, v in ref_cur.items()}
-        cur = jax.tree.map(lambda v, path: v + noise[path], cur,
+        cur = jax.tree.map(lambda v, path, noise=noise: v + noise[path], cur,
                            {"params": {"kernel": ("params", "kernel")},
                             "batch_stats": {"mean": ("batch_stats", "mean"),
                                             "var": ("batch_stats", "var")}},

@@ -136,7 +136,7 @@ importlib.util.find_spec = lambda name, *a, **k: None if is_tensorflow(name) els
 def run_without_tensorflow(script):
     """`script` run by this Python in a process where TensorFlow cannot be imported."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return subprocess.run([sys.executable, "-c", NO_TENSORFLOW + script], capture_output=True,
+    return subprocess.run([sys.executable, "-c", NO_TENSORFLOW + script], capture_output=True, check=False,
                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": repo})
 
 
@@ -261,7 +261,7 @@ def test_each_process_reads_a_share_and_the_shares_make_the_split(prepared, monk
     for split in ("train", "test"):
         shares = []
         for index in range(count):
-            monkeypatch.setattr(jax, "process_index", lambda: index)
+            monkeypatch.setattr(jax, "process_index", lambda index=index: index)
             shares.append(data._read_source(builder.as_data_source(split=parallel.process_split(split))))
         assert max(len(s[1]) for s in shares) - min(len(s[1]) for s in shares) <= 1
         np.testing.assert_array_equal(np.concatenate([s[0] for s in shares]), whole[split][0])

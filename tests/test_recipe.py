@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
-from cifar_jax import data, evaluate, models, steps
+from cifar_jax import data, evaluate, models, predict, steps
 from cifar_jax.config import Config
 from cifar_jax.models.airbench import AirbenchNet, whitening_kernel
 from cifar_jax.run import load_state
@@ -115,3 +116,16 @@ def test_tta_views_are_airbenchs():
     for level, want in expected.items():
         np.testing.assert_allclose(steps.tta_logits(apply, weights, images, level), want,
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_predict_uses_the_recipes_tta(airbench_run, monkeypatch, tmp_path, capsys):
+    workdir, _ = airbench_run
+    narrow_airbench(monkeypatch)
+    image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), np.uint8)
+    Image.fromarray(image[0]).save(tmp_path / "a.png")
+    assert predict.main(["--workdir", workdir, "--json", str(tmp_path / "a.png")]) == 0
+    got = json.loads(capsys.readouterr().out)
+    config, model, variables = predict.load_run(workdir)
+    assert config.tta == 2
+    expected = jax.nn.softmax(steps.tta_logits(model.apply, variables, image / 255.0, 2))[0]
+    assert got["probability"] == pytest.approx(float(expected.max()), rel=1e-5)

@@ -75,3 +75,11 @@ def test_bad_settings_are_named(overrides, message):
     with pytest.raises(ConfigError) as error:
         Config.for_model(**overrides)
     assert str(error.value) == message
+
+
+def test_a_batch_larger_than_the_data_with_drop_last_is_refused(mock_cifar10, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        train_and_evaluate(Config.for_model("airbench94"), str(tmp_path / "run"), progress=False)
+    assert str(error.value) == ("--batch-size 1024 is more than the 70 training images, and the "
+                                "recipe drops partial batches: use a smaller --batch-size")
+    assert not (tmp_path / "run").exists()
