@@ -170,7 +170,8 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
 def parse_args(argv=None):
     p = OneLineParser(
         prog="python -m cifar_jax.train",
-        description="Train a CIFAR-10 classifier with JAX (the Keras tutorial's MLP or CNN), "
+        description="Train a CIFAR-10 classifier with JAX (the Keras tutorial's MLP or CNN, or the "
+                    "airbench94 recipe), "
                     "evaluate it on the test set after every epoch, and write metrics, "
                     "TensorBoard events, plots and checkpoints to --workdir.")
     add_config_flags(p)
