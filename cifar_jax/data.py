@@ -115,15 +115,14 @@ def _read_source(source, chunk=1000):
     n = len(source)
     images = np.empty((n, *IMAGE_SHAPE), np.uint8)
     labels = np.empty(n, np.int32)
-    # One thread: decoding each record (protobuf, then PIL's PNG decoder) is ~90% of the time
-    # and holds the GIL; two threads took as long as one (CIFAR-10: ~20 s of CPU either way).
+    # One thread: decoding each record (protobuf, then PIL's PNG decoder) is most of the time
+    # and holds the GIL, so more threads do not help (README, "Without TensorFlow").
     absl_logger = logging.getLogger("absl")
     absl_logger.addFilter(_no_opencv_hint)
     try:
         for start in range(0, n, chunk):
             keys = range(start, min(start + chunk, n))
-            # Batched: ArrayRecord reads a chunk's records in parallel, and the whole load takes
-            # ~40% less CPU than record by record.
+            # Batched: ArrayRecord reads a chunk's records in parallel, cheaper than one by one.
             try:
                 examples = source.__getitems__(keys)
             except TypeError:  # tfds.testing.mock_data's data source breaks __getitems__ (4.9)
