@@ -306,9 +306,10 @@ SCHEDULES = {"constant": lambda total_steps: lambda count: 1.0,
              "warmup_decay": warmup_decay_schedule}
 
 
-def make(name, learning_rate, *, total_steps, schedule="constant", momentum=0.85,
-         weight_decay=0.0153, batch_size=1024, bias_scaler=64.0, whiten_bias_steps=0):
-    """(optax transformation, learning rate at step s) for the optimiser `name`.
+def make(name, learning_rate, *, total_steps, schedule, momentum, weight_decay, batch_size,
+         bias_scaler, whiten_bias_steps):
+    """(optax transformation, learning rate at step s) for the optimiser `name`, every setting
+    given (their defaults live in `config.Config`).
 
     sgd and adam: Optax's, at `learning_rate` times the schedule's multiplier (a constant
     learning rate is passed as a number, as the tutorial always has). nesterov: `airbench_sgd`,
