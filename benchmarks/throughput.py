@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from benchmarks import peers
-from cifar_jax import data, parallel, steps
+from cifar_jax import data, parallel, steps, train
 from cifar_jax import state as train_state
 from cifar_jax.config import Config
 
@@ -73,29 +73,37 @@ def _timed(fn):
 class JaxSide:
     """cifar_jax's compiled training loop on synthetic uint8 data kept on the device."""
 
-    def __init__(self, name, batch_size, n_images, dtype="float32"):
-        config = Config.for_model(name, dtype=dtype)
-        mesh = parallel.data_mesh()  # as in training: batches split over all devices
-        replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh)
+    def __init__(self, name, batch_size, n_images, dtype="float32", num_seeds=1):
+        """`num_seeds` > 1: that many models at once, as `--num-seeds` trains them (each model
+        its own batch order over the same images)."""
+        config = Config.for_model(name, dtype=dtype, num_seeds=num_seeds)
+        mesh = parallel.data_mesh(num_seeds)  # as in training
+        stacked = num_seeds > 1
+        replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh, stacked)
         rng = np.random.default_rng(0)
         self.images = jax.device_put(rng.integers(0, 256, (n_images, 32, 32, 3), np.uint8), replicate)
         self.labels = jax.device_put(rng.integers(0, 10, n_images).astype(np.int32), replicate)
-        self.state = jax.device_put(train_state.from_config(config, jax.random.key(0)), replicate)
-        self.idx, self.mask = jax.device_put(
-            data.batch_indices(n_images, batch_size, jax.random.key(1)), split)
-        self.key = jax.random.key(2)
+        keys = jax.random.split(jax.random.key(0), num_seeds) if stacked else jax.random.key(0)
+        self.state = jax.device_put(train_state.from_config(config, keys),
+                                    parallel.models_split(mesh) if stacked else replicate)
+        self.idx, self.mask = jax.device_put(train.epoch_batches(n_images, batch_size, keys, 1),
+                                             split)
+        self.key = keys
+        self.images_per_pass = n_images * num_seeds
+        self.train_batches = steps.train_batches_stacked if stacked else steps.train_batches
         args = (self.state, self.images, self.labels, self.idx, self.mask)
-        self.compile_s = _timed(lambda: steps.train_batches.lower(*args, self.key).compile())
-        self.eval_compile_s = _timed(lambda: steps.eval_batches.lower(*args).compile())
+        self.compile_s = _timed(lambda: self.train_batches.lower(*args, self.key, 0).compile())
+        if not stacked:  # (evaluation shares one batch order between the models)
+            self.eval_compile_s = _timed(lambda: steps.eval_batches.lower(*args).compile())
         self.train_pass()  # warm the cache of jit itself: later passes dispatch only
 
     def train_pass(self):
-        """One pass over the images; returns the images/s reached."""
+        """One pass over the images (by each model); returns the images/s reached, summed."""
         start = time.perf_counter()
-        self.state, metrics = steps.train_batches(self.state, self.images, self.labels,
-                                                  self.idx, self.mask, self.key)
+        self.state, metrics = self.train_batches(self.state, self.images, self.labels,
+                                                 self.idx, self.mask, self.key, 0)
         jax.block_until_ready(metrics)
-        return len(self.labels) / (time.perf_counter() - start)
+        return self.images_per_pass / (time.perf_counter() - start)
 
     def eval_pass(self):
         jax.block_until_ready(steps.eval_batches(self.state, self.images, self.labels,

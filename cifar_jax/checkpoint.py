@@ -1,46 +1,141 @@
-"""Train-state checkpoints in `WORKDIR/checkpoints/EPOCH`, written with Orbax after every epoch.
+"""Train-state checkpoints, written with Orbax: `WORKDIR/checkpoints/EPOCH` after every epoch,
+and `WORKDIR/interrupted/STEP` when a signal stops a run mid-epoch.
 
 Orbax writes each checkpoint into a temporary folder and renames it into place when complete,
-so a crash during a save leaves the previous checkpoints as they were.
+so a crash during a save leaves the previous checkpoints as they were. Saves here wait until
+the checkpoint has landed: the caller records an epoch as done only then. A checkpoint that
+cannot be read is skipped with a warning, and the newest readable one is used.
 """
 
+import asyncio
+import logging
 import os
+import re
+import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
 class CheckpointError(RuntimeError):
-    """No usable checkpoint; the message says what to do."""
+    """No usable checkpoint, or one could not be written; the message says what to do."""
 
 
-def manager(workdir, keep_checkpoints=3):
+def quiet():
+    """Keep Orbax's internals off the terminal: its absl log lines, asyncio's "Task exception
+    was never retrieved", and what its abandoned reads leave when one fails: "Exception ignored
+    in <coroutine>", and TensorStore's callbacks finding their event loop closed. The errors
+    themselves still reach the caller, as CheckpointError. For command-line programs."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    if getattr(sys.unraisablehook, "quiet", False):
+        return
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        loop_closed = (unraisable.exc_type is RuntimeError
+                       and str(unraisable.exc_value) == "Event loop is closed")
+        if not (asyncio.iscoroutine(unraisable.object) or loop_closed):
+            default_hook(unraisable)
+
+    hook.quiet = True
+    sys.unraisablehook = hook
+
+
+def manager(workdir, keep_checkpoints=3, read_only=False):
     """An Orbax CheckpointManager keeping the newest `keep_checkpoints` epochs (step = epoch)."""
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep_checkpoints, create=True))
+    return _manager(os.path.join(workdir, "checkpoints"), keep_checkpoints, read_only)
 
 
-def save(mngr, epoch, state):
-    mngr.save(epoch, args=ocp.args.StandardSave(state))
+def interrupted_manager(workdir, read_only=False):
+    """The manager of the one mid-epoch checkpoint a stopped run leaves (step = train step);
+    its folder appears only then."""
+    return _manager(os.path.join(workdir, "interrupted"), 1, read_only, create=False)
 
 
-def restore(mngr, like, epoch=None):
-    """(state, epoch) of the newest complete checkpoint, or of `epoch`'s, shaped like the train
-    state `like`."""
-    epochs = mngr.all_steps()
-    if not epochs:
-        raise CheckpointError(f"no checkpoint in {mngr.directory}: the run never finished an epoch;"
-                              " start it again in a new --workdir")
-    if epoch is None:
-        epoch = max(epochs)
-    elif epoch not in epochs:
-        raise CheckpointError(f"no checkpoint of epoch {epoch} in {mngr.directory}: choose one of "
-                              f"{', '.join(map(str, sorted(epochs)))}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+def _manager(directory, max_to_keep, read_only, create=True):
+    return ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=create and not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only))  # a save cut short leaves a tmp folder
+
+
+def save(mngr, step, state, metrics=None):
+    """Save `state` (and, for a mid-epoch checkpoint, the epoch's per-step `metrics` so far, a
+    list of dicts of numpy arrays) as `step`, replacing a damaged checkpoint of that step, and
+    wait until it has landed."""
+    args = ocp.args.StandardSave(state)
+    if metrics is not None:  # JSON keeps each float32 exactly, so the epoch's sums come out equal
+        args = ocp.args.Composite(state=args, metrics=ocp.args.JsonSave(
+            [{k: {"dtype": str(v.dtype), "values": v.tolist()} for k, v in chunk.items()}
+             for chunk in metrics]))
     try:
-        return mngr.restore(epoch, args=ocp.args.StandardRestore(abstract)), epoch
-    except Exception as e:  # noqa: BLE001 - orbax raises many kinds on damaged or foreign files
-        raise CheckpointError(
-            f"checkpoint {mngr.directory / str(epoch)} cannot be read ({type(e).__name__}): "
-            "delete that folder to fall back to the one before, or start a new run") from None
+        if step in mngr.all_steps():  # one that `restore` skipped as unreadable
+            mngr.delete(step)
+        mngr.save(step, args=args)
+        mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many kinds
+        raise CheckpointError(f"cannot write checkpoint {mngr.directory / str(step)}: "
+                              f"{describe(e)}") from None
+
+
+def restore(mngr, like, step=None, with_metrics=False):
+    """(state, step) of the newest readable checkpoint, or of `step`'s, shaped like the train
+    state `like`; (state, step, metrics) `with_metrics` (a mid-epoch checkpoint).
+
+    An unreadable checkpoint is skipped with a one-line warning on stderr; one asked for by
+    `step` is an error instead.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {mngr.directory}: the run has not finished an "
+                              "epoch yet")
+    if step is not None and step not in steps:
+        raise CheckpointError(f"no checkpoint of epoch {step} in {mngr.directory}: choose one of "
+                              f"{', '.join(map(str, sorted(steps)))}")
+    args = ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
+    if with_metrics:
+        args = ocp.args.Composite(state=args, metrics=ocp.args.JsonRestore())
+    for candidate in [step] if step is not None else steps:
+        path = mngr.directory / str(candidate)
+        try:
+            restored = mngr.restore(candidate, args=args)
+        except Exception as e:  # noqa: BLE001 - orbax raises many kinds on damaged or foreign files
+            if step is not None:
+                raise CheckpointError(f"checkpoint {path} cannot be read ({describe(e)}): choose "
+                                      "another --checkpoint") from None
+            print(f"warning: skipped checkpoint {path}: cannot be read ({describe(e)})",
+                  file=sys.stderr, flush=True)
+            continue
+        if not with_metrics:
+            return restored, candidate
+        metrics = [{k: np.array(v["values"], v["dtype"]) for k, v in chunk.items()}
+                   for chunk in restored["metrics"]]
+        return restored["state"], candidate, metrics
+    raise CheckpointError(f"no checkpoint in {mngr.directory} can be read: start the run again in a "
+                          "new --workdir")
+
+
+# TensorStore's status codes for a file that is there but not what it should be.
+_DAMAGED = {"OUT_OF_RANGE": "a file in it is truncated", "DATA_LOSS": "a file in it is damaged",
+            "NOT_FOUND": "a file in it is missing", "INVALID_ARGUMENT": "a file in it is damaged"}
+
+
+def describe(error):
+    """A failed read or write's cause in a few words: the operating system's reason where there
+    is one ("no space left on device"), else what TensorStore's status code says."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for e in chain:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror.lower()
+        code = re.search(r"os_error_code='?(\d+)", str(e))
+        if code:
+            return os.strerror(int(code.group(1))).lower()
+    innermost = str(chain[-1]).strip().splitlines()[0] if str(chain[-1]).strip() else ""
+    status = re.match(r"([A-Z_]+): ", innermost)
+    if status and status.group(1) in _DAMAGED:
+        return _DAMAGED[status.group(1)]
+    return f"{type(chain[-1]).__name__}: {innermost[:120]}" if innermost else type(chain[-1]).__name__

@@ -37,6 +37,20 @@ def positive(kind):
     return parse
 
 
+def nonnegative_int(text):
+    """An argparse `type` for an index: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+nonnegative_int.__name__ = "int"
+
+
 def add_config_flags(parser):
     """One option per `Config` field, with the field's help, choices and default.
 

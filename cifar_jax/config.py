@@ -93,6 +93,10 @@ class Config:
                                      "in bfloat16, parameters and optimiser state stay float32",
                           choices=DTYPES)
     seed: int = _setting(0, "seeds the initial weights and the shuffling: same seed, same run")
+    num_seeds: int = _setting(1, "train this many models at once, seeds --seed, --seed+1, ..., in "
+                                 "one compiled program (vmap): each exactly as its own run; "
+                                 "metrics give their mean, std and 95%% confidence interval, "
+                                 "predict and evaluate use their ensemble", positive=True)
     data_dir: str | None = _setting(
         None, "TFDS data dir holding a prepared cifar10; CIFAR-10 is downloaded there if missing "
               "(default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)", runtime=True)
@@ -131,6 +135,14 @@ class Config:
     def augmentations(self):
         """The augment setting as a tuple of names."""
         return tuple(name.strip() for name in self.augment.split(",") if name.strip())
+
+    @property
+    def length_tied(self):
+        """What of the recipe is laid out over the whole run ("" if nothing): such a run cannot
+        be extended once started."""
+        return " and ".join(name for name, tied in (
+            ("warmup_decay schedule", self.schedule != "constant"), ("lookahead", self.lookahead))
+            if tied)
 
     @classmethod
     def for_model(cls, model="cnn", **overrides):

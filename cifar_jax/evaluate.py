@@ -11,9 +11,10 @@ from typing import NamedTuple
 
 import jax
 
-from cifar_jax import data, parallel, report, run, steps
-from cifar_jax.cli import OneLineParser, positive
+from cifar_jax import checkpoint, data, parallel, report, run, steps
+from cifar_jax.cli import OneLineParser, nonnegative_int, positive
 from cifar_jax.config import ConfigError
+from cifar_jax.state import is_stacked
 
 REPORT_FILES = ("confusion_matrix.png", "report.txt")
 
@@ -30,19 +31,30 @@ class TestSet(NamedTuple):
 def place_test_set(images, labels, eval_batch_size, mesh):
     """Put the test split on `mesh`: the images replicated, each batch split over the devices."""
     replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh)
-    eval_batch_size = -(-eval_batch_size // mesh.size) * mesh.size  # results don't depend on it
+    n = mesh.shape["data"]
+    eval_batch_size = -(-eval_batch_size // n) * n  # the results don't depend on it
     idx, mask = jax.device_put(jax.device_get(data.batch_indices(len(labels), eval_batch_size)),
                                split)
     return TestSet(*jax.device_put((images, labels), replicate), idx, mask)
 
 
 def evaluate(state, test, tta=0):
-    """({"loss", "accuracy"} over every test image, predicted classes as numpy [N]), with
-    test-time augmentation `tta` (0 none, 1 mirror, 2 mirror and translations)."""
+    """({"loss", "accuracy"} over every test image, predicted classes as numpy [images]), with
+    test-time augmentation `tta` (0 none, 1 mirror, 2 mirror and translations). For a stacked
+    state of N models: ([N such dicts], predicted classes [N, images])."""
     metrics, predictions = steps.eval_batches(state, *test, tta=tta)
-    predicted = parallel.gather_from_processes(predictions)[
-        parallel.gather_from_processes(test.mask) > 0]
-    return steps.summarise(metrics), predicted
+    real = parallel.gather_from_processes(test.mask) > 0
+    predictions = parallel.gather_from_processes(predictions)
+    if is_stacked(state):
+        return steps.summarise_models(metrics, len(predictions)), predictions[:, real]
+    return steps.summarise(metrics), predictions[real]
+
+
+def ensemble(state, test, tta=0):
+    """`evaluate` for the ensemble of a stacked state's models (the mean of their softmaxes)."""
+    metrics, predictions = steps.ensemble_batches(state, *test, tta=tta)
+    real = parallel.gather_from_processes(test.mask) > 0
+    return steps.summarise(metrics), parallel.gather_from_processes(predictions)[real]
 
 
 def write_reports(out_dir, labels, predicted):
@@ -62,10 +74,14 @@ def parse_args(argv=None):
                    help="evaluate the checkpoint of this epoch (default: the newest)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: epoch, test_loss, test_accuracy (and "
-                        "test_loss_tta, test_accuracy_tta for a recipe with test-time augmentation)")
+                        "test_loss_tta, test_accuracy_tta for a recipe with test-time "
+                        "augmentation)")
     p.add_argument("--out", metavar="DIR",
                    help="also write confusion_matrix.png and report.txt (per-class precision, "
                         "recall, F1) into DIR")
+    p.add_argument("--member", type=nonnegative_int, metavar="I",
+                   help="of a multi-seed run (--num-seeds), evaluate model I (0-based) alone "
+                        "(default: the ensemble of all, their mean probabilities)")
     p.add_argument("--data-dir", help="TFDS data dir holding a prepared cifar10 (default: the run's)")
     p.add_argument("--no-download", dest="download", action="store_const", const=False,
                    help="fail at once, rather than download, when the data dir lacks cifar10")
@@ -83,10 +99,11 @@ def check_out_dir(out):
 
 def main(argv=None):
     args = parse_args(argv)
+    checkpoint.quiet()
     try:
         if args.out:
             check_out_dir(args.out)
-        config, state, epoch = run.load_state(args.workdir, args.checkpoint)
+        config, state, epoch = run.load_state(args.workdir, args.checkpoint, args.member)
         splits = data.load_cifar10(args.data_dir or config.data_dir,
                                    config.download if args.download is None else args.download)
     except ConfigError as e:
@@ -98,10 +115,11 @@ def main(argv=None):
     mesh = parallel.data_mesh()
     state = jax.device_put(state, parallel.replicated(mesh))
     test = place_test_set(*splits["test"], config.eval_batch_size, mesh)
-    summary, predicted = evaluate(state, test)
+    score = ensemble if is_stacked(state) else evaluate  # N models: their ensemble
+    summary, predicted = score(state, test)
     result = {"epoch": epoch, "test_loss": summary["loss"], "test_accuracy": summary["accuracy"]}
     if config.tta:  # the recipe's test-time augmentation: its predictions go in the reports
-        tta, predicted = evaluate(state, test, config.tta)
+        tta, predicted = score(state, test, config.tta)
         result.update(test_loss_tta=tta["loss"], test_accuracy_tta=tta["accuracy"])
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -109,7 +127,10 @@ def main(argv=None):
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"epoch {epoch}: test loss {summary['loss']:.4f} accuracy {summary['accuracy']:.4f} "
+        which = (f"the ensemble of {config.num_seeds} models, " if is_stacked(state) else
+                 f"model {args.member} (seed {config.seed + args.member}), "
+                 if args.member is not None and config.num_seeds > 1 else "")
+        print(f"{which}epoch {epoch}: test loss {summary['loss']:.4f} accuracy {summary['accuracy']:.4f} "
               f"({len(predicted):,} images)"
               + (f", with TTA {result['test_accuracy_tta']:.4f}" if config.tta else "")
               + (f"; reports in {args.out}" if args.out else ""))

@@ -1,10 +1,14 @@
-"""Data parallelism: one 1-D device mesh, batches split over it, everything else replicated.
+"""Spreading a run over devices: a 2-D mesh ("models", "data"). Batches are split along "data";
+the N models of a multi-seed run (`--num-seeds`) along "models"; the rest is replicated.
 
-Plain `jax.jit` does the rest: the compiled step sees batch-sharded inputs and replicated
-parameters, and XLA inserts the gradient all-reduce. One device is the size-1 case of the same
-code. Across hosts, `initialize()` joins the processes with `jax.distributed` first.
+Plain `jax.jit` does the rest: the compiled step sees sharded inputs, and XLA inserts the
+gradient all-reduce over "data" only. The rule: the "models" axis takes gcd(N, devices), so 8
+seeds on 8 GPUs train one model per GPU with no gradient traffic, and one model uses every
+device for data parallelism. One device is the size-1 case of the same code. Across hosts,
+`initialize()` joins the processes with `jax.distributed` first.
 """
 
+import math
 import os
 
 import jax
@@ -23,25 +27,33 @@ def initialize():
                                    process_id=int(os.environ["JAX_PROCESS_ID"]))
 
 
-def data_mesh():
-    """All devices of all processes, along one axis named "data"."""
-    # Auto axes: XLA propagates the batch split through the step (the gather, the gradient
+def data_mesh(num_models=1):
+    """All devices of all processes as ("models", "data"): gcd(num_models, devices) x the rest."""
+    # Auto axes: XLA propagates the splits through the step (the gather, the gradient
     # all-reduce) by itself, so the step's code knows nothing of devices.
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+    models = math.gcd(num_models, jax.device_count())
+    return jax.make_mesh((models, jax.device_count() // models), ("models", "data"),
+                         axis_types=(AxisType.Auto,) * 2)
 
 
 def replicated(mesh):
     return NamedSharding(mesh, P())
 
 
-def batch_split(mesh):
-    """For [steps, batch] index and mask arrays: each device gets its slice of every batch."""
-    return NamedSharding(mesh, P(None, "data"))
+def batch_split(mesh, stacked=False):
+    """For [steps, batch] index and mask arrays ([models, steps, batch] when `stacked`): each
+    device gets its slice of every batch (of its models' batches)."""
+    return NamedSharding(mesh, P("models", None, "data") if stacked else P(None, "data"))
+
+
+def models_split(mesh):
+    """For the stacked train state of N models: each device holds its models' share."""
+    return NamedSharding(mesh, P("models"))
 
 
 def check_divisible(batch_size, mesh, flag="--batch-size"):
-    """The global batch is split evenly over the devices, or this says what to pass instead."""
-    n = mesh.size
+    """The global batch is split evenly over the "data" axis, or this says what to pass instead."""
+    n = mesh.shape["data"]
     if batch_size % n:
         lower, upper = batch_size // n * n, -(-batch_size // n) * n
         hint = f"{lower} or {upper}" if lower else f"{upper}"

@@ -5,42 +5,59 @@
 
 import json
 import sys
+import warnings
 
 import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifar_jax import models, run, steps
-from cifar_jax.cli import OneLineParser
+from cifar_jax import checkpoint, models, run, steps
+from cifar_jax.cli import OneLineParser, nonnegative_int
 from cifar_jax.data import CLASS_NAMES, IMAGE_SHAPE, to_float
 
 
-def load_run(workdir):
-    """(config, model, variables) of the newest checkpoint in a training run's `workdir`."""
-    config, state, _ = run.load_state(workdir)
+def load_run(workdir, member=None):
+    """(config, model, variables) of the newest checkpoint in a training run's `workdir`; of a
+    multi-seed run, every model's variables stacked (their ensemble), or model `member`'s."""
+    config, state, _ = run.load_state(workdir, member=member)
     return config, models.build(config.model, config.dtype), state.variables
 
 
 def load_image(path):
-    """Any image file PIL reads -> uint8 [32, 32, 3] RGB, resized if it is not 32x32."""
+    """Any image file PIL reads -> uint8 [32, 32, 3] RGB, resized if it is not 32x32.
+
+    Raises ValueError, with the reason in a few words, for anything PIL refuses: not an image,
+    a truncated or damaged file, one larger than PIL's decompression-bomb limit.
+    """
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        with warnings.catch_warnings():
+            # Up to twice MAX_IMAGE_PIXELS PIL only warns; such an image is read like any other.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = image.convert("RGB")
             if image.size != IMAGE_SHAPE[:2]:
                 image = image.resize(IMAGE_SHAPE[:2], Image.Resampling.BICUBIC)
             return np.asarray(image, np.uint8)
     except UnidentifiedImageError:
         raise ValueError("not an image PIL can read (PNG or JPEG expected)") from None
+    except Image.DecompressionBombError:
+        raise ValueError(f"too large: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, PIL's guard "
+                         "against decompression bombs") from None
     except OSError as e:
         raise ValueError(e.strerror or str(e)) from None
+    except Exception as e:  # noqa: BLE001 - PIL's decoders raise SyntaxError, struct.error, ...
+        raise ValueError(f"cannot be decoded ({type(e).__name__}: {e})") from None
 
 
-def predict_proba(model, variables, images, tta=0):
+def predict_proba(model, variables, images, tta=0, stacked=False):
     """uint8 images [N, 32, 32, 3] -> class probabilities [N, 10], with the test-time
-    augmentation `tta` of the run's recipe (`steps.tta_logits`)."""
-    logits = jax.jit(steps.tta_logits, static_argnums=(0, 3))(
-        model.apply, variables, to_float(images), tta)
-    return np.asarray(jax.nn.softmax(logits))
+    augmentation `tta` of the run's recipe (`steps.tta_logits`). `stacked`: `variables` hold
+    several models along a leading axis, whose mean probabilities (their ensemble) are given."""
+    def proba(variables):
+        return jax.nn.softmax(steps.tta_logits(model.apply, variables, to_float(images), tta))
+
+    return np.asarray(jax.jit(lambda v: jax.vmap(proba)(v).mean(0) if stacked else proba(v))(
+        variables))
 
 
 def parse_args(argv=None):
@@ -52,11 +69,15 @@ def parse_args(argv=None):
                    help="image files (PNG, JPEG, any size or mode: converted to 32x32 RGB)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line: path, label, probability, top3")
+    p.add_argument("--member", type=nonnegative_int, metavar="I",
+                   help="of a multi-seed run (--num-seeds), use model I (0-based; seed --seed + "
+                        "I) alone (default: the ensemble of all, their mean probabilities)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    checkpoint.quiet()
     loaded, failed = [], 0
     for path in args.images:
         try:
@@ -65,12 +86,13 @@ def main(argv=None):
             print(f"error: {path}: {e}", file=sys.stderr)
             failed += 1
     try:
-        config, model, variables = load_run(args.workdir)
+        config, model, variables = load_run(args.workdir, args.member)
     except run.RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if loaded:
-        probs = predict_proba(model, variables, np.stack([image for _, image in loaded]), config.tta)
+        probs = predict_proba(model, variables, np.stack([image for _, image in loaded]),
+                              config.tta, stacked=config.num_seeds > 1 and args.member is None)
         for (path, _), p in zip(loaded, probs):
             top3 = [(CLASS_NAMES[i], float(p[i])) for i in np.argsort(-p)[:3]]
             label, probability = top3[0]

@@ -53,14 +53,22 @@ def plot_confusion_matrix(counts, class_names, path, title="Confusion matrix (te
 
 
 def plot_history(history, path):
-    """Loss and accuracy per epoch, train and test, from the rows of metrics.jsonl."""
+    """Loss and accuracy per epoch, train and test, from the rows of metrics.jsonl; for a
+    multi-seed run, the mean with a band of ± one std over the seeds."""
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "accuracy")):
         for split in ("train", "test"):
-            ax.plot(epochs, [row[f"{split}_{key}"] for row in history], marker="o", label=split)
-        ax.set(xlabel="epoch", ylabel=key, title=key)
+            name = f"{split}_{key}"
+            mean = np.array([row[name] for row in history])
+            (line,) = ax.plot(epochs, mean, marker="o", label=split)
+            if f"{name}_std" in history[0]:
+                std = np.array([row[f"{name}_std"] for row in history])
+                ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        seeds = len(history[0].get("per_seed", {}).get(f"test_{key}", [1]))
+        ax.set(xlabel="epoch", ylabel=key,
+               title=f"{key}: mean ± std of {seeds} seeds" if seeds > 1 else key)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()

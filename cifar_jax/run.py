@@ -5,11 +5,17 @@ trained state back.
     RUN/metrics.jsonl      one JSON row per finished epoch
     RUN/tensorboard/       the same figures as TensorBoard scalars, one step per epoch
     RUN/checkpoints/EPOCH  the train state (`checkpoint.py`)
+    RUN/interrupted/STEP   the train state of a run a signal stopped mid-epoch
+    RUN/.lock              names the process training the run
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import math
 import os
+import socket
 
 import jax
 from tensorboardX import SummaryWriter
@@ -24,6 +30,9 @@ TENSORBOARD_TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accurac
                     "learning_rate": "train/learning_rate"}
 
 
+LOCK_FILE = ".lock"  # held by the process training the run (`lock`)
+
+
 class RunError(RuntimeError):
     """A run folder cannot be used; the message says why and what to do."""
 
@@ -36,58 +45,126 @@ def resumed_config(workdir):
         raise ConfigError(f"nothing to resume: {e}; start the run without --resume") from None
 
 
+def check_new(workdir):
+    """`workdir` may take a new run: it is missing or empty (but for a lock a killed run left)."""
+    if os.path.isdir(workdir) and set(os.listdir(workdir)) - {LOCK_FILE}:
+        raise ConfigError(f"workdir {workdir} is not empty: choose a new --workdir, or pass "
+                          "--resume to continue the run in it (nothing in it was changed)")
+
+
 def create(config, workdir, is_main_process=True):
     """Make `workdir` a new run holding config.json (written by the main process only).
 
-    Refuses a non-empty folder, so nothing is overwritten. Returns whether the folder itself was
-    created, for `discard`.
+    Refuses a non-empty folder, so nothing is overwritten. The main process calls it holding
+    the run's `lock`.
     """
-    if os.path.isdir(workdir) and os.listdir(workdir):
-        raise ConfigError(f"workdir {workdir} is not empty: choose a new --workdir, or pass "
-                          "--resume to continue the run in it (nothing in it was changed)")
-    existed = os.path.isdir(workdir)
+    check_new(workdir)
     parallel.sync("workdir checked")  # by every process, before the main one fills it
     if is_main_process:
+        write_config(config, workdir)
+
+
+def write_config(config, workdir):
+    """Write (or, for a resume with a new learning rate or more epochs, replace) config.json."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json() + "\n")
+    except OSError as e:
+        raise ConfigError(f"cannot write to workdir {workdir} ({e.strerror}): "
+                          "choose another --workdir") from None
+
+
+@contextlib.contextmanager
+def lock(workdir):
+    """Hold the run in `workdir` (created if need be) for as long as the block runs: another
+    process that tries is refused with a line naming this one. The lock is the operating
+    system's (flock), so it goes with the process however it ends: a killed run leaves nothing
+    that blocks --resume."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        f = open(os.path.join(workdir, LOCK_FILE), "a+")  # noqa: SIM115 - the `with` below
+    except OSError as e:
+        raise ConfigError(f"cannot write to workdir {workdir} ({e.strerror}): "
+                          "choose another --workdir") from None
+    with f:
         try:
-            os.makedirs(workdir, exist_ok=True)
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json() + "\n")
-        except OSError as e:
-            raise ConfigError(f"cannot write to workdir {workdir} ({e.strerror}): "
-                              "choose another --workdir") from None
-    return not existed
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunError(f"{workdir} is in use by {holder}: wait until it ends, or choose "
+                           "another --workdir") from None
+        f.truncate(0)
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
 
 
 def check_resumable(config, workdir):
-    """`workdir` holds a run made with `config` (but for the settings a resume may change)."""
+    """`workdir` holds a run made with `config`, but for the settings a resume may change: the
+    runtime ones, the learning rate (the run goes on with the new one, as after a divergence),
+    and more epochs where the recipe's schedules do not span the run."""
     saved = resumed_config(workdir)
-    different = [f.name for f in dataclasses.fields(Config) if f.name not in RUNTIME_FIELDS
+    different = [f.name for f in dataclasses.fields(Config)
+                 if f.name not in (*RUNTIME_FIELDS, "learning_rate", "epochs")
                  and getattr(saved, f.name) != getattr(config, f.name)]
     if different:
         k = different[0]
         raise ConfigError(f"{workdir} was run with {k}={getattr(saved, k)!r}, not "
                           f"{getattr(config, k)!r}: drop that flag to resume the run as it was")
+    if config.epochs != saved.epochs:
+        why = None
+        if config.epochs < saved.epochs:
+            why = "a run cannot be shortened"
+        elif saved.epochs != int(saved.epochs):
+            why = f"it ends part-way through epoch {math.ceil(saved.epochs)}"
+        elif saved.length_tied:
+            why = f"its {saved.length_tied} span{'s' if ' and ' not in saved.length_tied else ''} the whole run"
+        if why:
+            raise ConfigError(f"cannot take {workdir} from {saved.epochs:g} to {config.epochs:g} "
+                              f"epochs: {why}; drop --epochs to resume it as it was, or start a "
+                              f"new run with --epochs {config.epochs:g}")
 
 
 def discard(workdir, created):
-    """Undo `create` (a run that could not start), so that the same command can be rerun."""
+    """Undo `create` (a run that could not start), so that the same command can be rerun;
+    `created`: the folder was made for the run (by `lock`), so it goes too."""
     os.remove(os.path.join(workdir, "config.json"))
     if created:
+        os.remove(os.path.join(workdir, LOCK_FILE))
         os.rmdir(workdir)
 
 
 def read_metrics(workdir, last_epoch=None):
-    """The rows of `workdir/metrics.jsonl`, up to `last_epoch` if given."""
+    """The rows of `workdir/metrics.jsonl`, up to `last_epoch` if given ([] before the first)."""
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        return []
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return [row for row in rows if last_epoch is None or row["epoch"] <= last_epoch]
 
 
-def write_metrics(workdir, rows):
-    """Replace metrics.jsonl atomically, so a crash leaves either the old file or the new one."""
+def write_metrics(workdir, rows, commit=True):
+    """Replace metrics.jsonl atomically, so a crash leaves either the old file or the new one.
+
+    With `commit=False` only the new file is written, beside the old one; `commit_metrics` puts
+    it in place once the epoch's checkpoint has landed. That is a rename, which needs no space:
+    on a full disk metrics.jsonl never lists an epoch whose checkpoint failed.
+    """
     path = os.path.join(workdir, "metrics.jsonl")
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror.lower()}") from None
+    if commit:
+        commit_metrics(workdir)
+
+
+def commit_metrics(workdir):
+    """Put the metrics.jsonl that `write_metrics(..., commit=False)` wrote in place."""
+    path = os.path.join(workdir, "metrics.jsonl")
     os.replace(path + ".tmp", path)
 
 
@@ -109,16 +186,27 @@ def log_epoch(writer, row, scalars):
     writer.flush()
 
 
-def load_state(workdir, epoch=None):
-    """(config, train state, epoch) of a run's newest checkpoint, or of `epoch`'s."""
+def load_state(workdir, epoch=None, member=None):
+    """(config, train state, epoch) of a run's newest checkpoint, or of `epoch`'s; of a
+    multi-seed run, its stacked state, or model `member`'s (0-based) alone."""
     try:
         config = Config.load(workdir)
     except ConfigError as e:
         raise RunError(f"{e}: pass the --workdir of a `python -m cifar_jax.train` run") from None
-    like = state.from_config(config, jax.random.key(0))
+    key = jax.random.key(0)
+    like = state.from_config(config, jax.random.split(key, config.num_seeds)
+                             if config.num_seeds > 1 else key)
     try:
-        restored, epoch = checkpoint.restore(checkpoint.manager(workdir, config.keep_checkpoints),
-                                             like, epoch)
+        restored, epoch = checkpoint.restore(
+            checkpoint.manager(workdir, config.keep_checkpoints, read_only=True), like, epoch)
     except checkpoint.CheckpointError as e:
         raise RunError(str(e)) from None
+    if member is not None:
+        if not 0 <= member < config.num_seeds:
+            raise RunError(f"--member {member} is not in the run: it trained {config.num_seeds} "
+                           f"model{'s' if config.num_seeds > 1 else ''} (seeds {config.seed} to "
+                           f"{config.seed + config.num_seeds - 1}); choose 0 to "
+                           f"{config.num_seeds - 1}")
+        if config.num_seeds > 1:
+            restored = state.member(restored, member)
     return config, restored, epoch

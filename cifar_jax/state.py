@@ -59,6 +59,21 @@ def create(model, tx, rng, recipe=DEFAULT_RECIPE, init_from_data=None, images=No
                       recipe=recipe)
 
 
+def is_stacked(state):
+    """Whether `state` holds N models along a leading axis (a multi-seed run)."""
+    return state.step.ndim > 0
+
+
+def steps_done(state):
+    """The optimiser steps taken (by each model alike, in a stacked state)."""
+    return int(jax.device_get(state.step).flat[0])
+
+
+def member(state, i):
+    """Model `i` of a stacked state, as a plain one."""
+    return jax.tree.map(lambda leaf: leaf[i], state)
+
+
 def run_length(config, n_train):
     """(steps per epoch, steps in the whole run) of `config` over `n_train` training images."""
     per_epoch = n_train // config.batch_size if config.drop_last else -(-n_train // config.batch_size)
@@ -77,7 +92,13 @@ def optimizer(config, n_train):
 
 def from_config(config, rng, n_train=50_000, images=None):
     """The fresh train state of the run `config` describes, initialised from `rng` (and from
-    the training `images` where the model initialises from data), for `n_train` images."""
+    the training `images` where the model initialises from data), for `n_train` images.
+
+    With `rng` a stack of N keys: N such states, stacked along a leading axis into one pytree
+    (`is_stacked`), each equal to the state its key alone gives; the steps train them at once.
+    """
+    if rng.ndim:
+        return jax.vmap(lambda key: from_config(config, key, n_train, images))(rng)
     entry = models.MODELS[config.model]
     recipe = StepRecipe(
         loss=config.loss, label_smoothing=config.label_smoothing,

@@ -117,8 +117,7 @@ def _gather(images, labels, idx, mask):
     return {"image": images[idx], "label": labels[idx], "mask": mask, "index": idx}
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def train_batches(state, images, labels, idx, mask, key, epoch=0):
+def _train_batches(state, images, labels, idx, mask, key, epoch=0):
     """`train_step` over the batches `images[idx[k]]`, k = 0.. as one compiled `lax.scan`.
 
     The data stays on the device and no Python runs between steps. `key`: the run's key;
@@ -131,11 +130,42 @@ def train_batches(state, images, labels, idx, mask, key, epoch=0):
     return jax.lax.scan(body, state, (idx, mask))
 
 
-@functools.partial(jax.jit, static_argnames="tta")
-def eval_batches(state, images, labels, idx, mask, tta=0):
-    """`eval_step` over the batches `images[idx[k]]`: stacked metric sums and predictions."""
+train_batches = jax.jit(_train_batches, donate_argnums=0)
+
+# N models at once (`--num-seeds`): `train_batches` vmapped over the stacked state, each model's
+# batch indices [N, steps, batch] and keys [N]; the images are shared. One compiled program,
+# no Python loop over models; each model computes exactly what it would alone.
+train_batches_stacked = jax.jit(jax.vmap(_train_batches, in_axes=(0, None, None, 0, 0, 0, None)),
+                                donate_argnums=0)
+
+
+def _eval_batches(state, images, labels, idx, mask, tta=0):
     def body(carry, batch_idx):
         return carry, eval_step(state, _gather(images, labels, *batch_idx), tta)
+
+    return jax.lax.scan(body, None, (idx, mask))[1]
+
+
+@functools.partial(jax.jit, static_argnames="tta")
+def eval_batches(state, images, labels, idx, mask, tta=0):
+    """`eval_step` over the batches `images[idx[k]]`: stacked metric sums and predictions; for
+    a stacked state, each model's, along a leading axis."""
+    if state.step.ndim:
+        return jax.vmap(lambda s: _eval_batches(s, images, labels, idx, mask, tta))(state)
+    return _eval_batches(state, images, labels, idx, mask, tta)
+
+
+@functools.partial(jax.jit, static_argnames="tta")
+def ensemble_batches(state, images, labels, idx, mask, tta=0):
+    """As `eval_batches`, for the ensemble of a stacked state's models: the mean of their
+    softmaxes (each with test-time augmentation `tta`) is its prediction."""
+    def body(carry, batch_idx):
+        batch = _gather(images, labels, *batch_idx)
+        x = to_float(batch["image"])
+        probs = jax.vmap(lambda s: jax.nn.softmax(tta_logits(s.apply_fn, s.variables, x, tta)))(
+            state).mean(0)
+        losses = -jnp.log(jnp.take_along_axis(probs, batch["label"][:, None], 1)[:, 0])
+        return carry, (_metrics(probs, losses, batch), probs.argmax(-1))
 
     return jax.lax.scan(body, None, (idx, mask))[1]
 
@@ -147,3 +177,11 @@ def summarise(metrics):
               for key in chunks[0]}
     return {"loss": totals["loss_sum"] / totals["count"],
             "accuracy": totals["correct"] / totals["count"]}
+
+
+def summarise_models(metrics, num_models):
+    """`summarise` for each of N models whose metrics have a leading model axis: a list of N
+    dicts, each summed exactly as the model's own run would sum it."""
+    chunks = jax.device_get(metrics if isinstance(metrics, list) else [metrics])
+    return [summarise([{k: v[i] for k, v in chunk.items()} for chunk in chunks])
+            for i in range(num_models)]

@@ -5,17 +5,21 @@ command line.
     python -m cifar_jax.train --model mlp        # the tutorial's MLP, SGD, 5 epochs
 """
 
+import contextlib
 import dataclasses
+import functools
 import math
 import os
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from cifar_jax import checkpoint, data, evaluate, parallel, report, run, steps
+from cifar_jax import checkpoint, data, evaluate, parallel, report, run, signals, steps
+from cifar_jax import seeds as multi_seed
 from cifar_jax import state as train_state
 from cifar_jax.cli import OneLineParser, add_config_flags, config_overrides
 from cifar_jax.config import Config, ConfigError
@@ -29,8 +33,20 @@ def describe_devices():
     return f"{jax.default_backend()}, {n} device{'s' if n != 1 else ''}"
 
 
+# A per-example loss this far above a uniform guess's (ln 10) does not come back: stop as for NaN.
+DIVERGED_LOSS = 100 * math.log(10)
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (the loss diverged); the message says where and what to do."""
+
+
+class Stopped(Exception):
+    """A signal stopped the run; every step it took is checkpointed. The message says where."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
 
 
 def seed_keys(seed):
@@ -42,129 +58,267 @@ def seed_keys(seed):
     return init_key, data_key, jax.random.fold_in(root, 2)
 
 
-def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress):
-    """One pass over the batches `idx`, PROGRESS_UPDATES compiled calls, each moving the bar.
+def resume_command(workdir):
+    return f"python -m cifar_jax.train --workdir {workdir} --resume"
 
-    Returns the new state and the stacked per-step metrics. A non-finite loss stops the pass at
-    the call where it appeared, raising TrainingError with the step it first showed up in.
+
+def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, first=0, stop=None,
+                seeds=None):
+    """The batches `idx[..., first:, :]` of one epoch, in compiled calls of a
+    PROGRESS_UPDATES-th of it, each moving the bar. For a stacked state (N models), `idx`,
+    `mask` and `key` have a leading model axis, and `seeds` names the models.
+
+    Returns (state, each call's per-step metrics as numpy, batches done): fewer than the epoch's
+    when `stop` was set, which is looked at before each call. A loss that is not finite, or is
+    above DIVERGED_LOSS, raises TrainingError naming the step it first showed up in.
     """
-    n_steps = len(idx)
-    per_call = -(-n_steps // PROGRESS_UPDATES)
+    n_steps = idx.shape[-2]
+    per_call = -(-n_steps // PROGRESS_UPDATES)  # a resumed epoch starts on a call boundary
+    train_batches = steps.train_batches_stacked if seeds else steps.train_batches
     chunks = []
-    with tqdm(total=n_steps, desc=desc, unit="step", disable=not progress, leave=False) as bar:
-        for first in range(0, n_steps, per_call):
-            state, metrics = steps.train_batches(state, images, labels, idx[first:first + per_call],
-                                                 mask[first:first + per_call], key, epoch - 1)
-            losses = np.asarray(metrics["loss_sum"])
-            if not np.isfinite(losses).all():
-                bad = int(np.argmin(np.isfinite(losses)))
-                raise TrainingError(f"loss became {losses[bad]} at {desc}, step {first + bad + 1}"
-                                    f"/{n_steps}")
+    with tqdm(total=n_steps, initial=first, desc=desc, unit="step", disable=not progress,
+              leave=False) as bar:
+        for start in range(first, n_steps, per_call):
+            if stop:
+                return state, chunks, start
+            part = slice(start, start + per_call)
+            state, metrics = train_batches(state, images, labels, idx[..., part, :],
+                                           mask[..., part, :], key, epoch - 1)
+            metrics = jax.device_get(metrics)
+            losses = metrics["loss_sum"] / metrics["count"]  # per example, for a "sum" loss too
+            diverged = ~(losses <= DIVERGED_LOSS)  # NaN too
+            if diverged.any():
+                i, *model = np.argwhere(np.moveaxis(diverged, -1, 0))[0]  # first step, model
+                value = losses[(*model, i)]
+                how = (f"reached {value:.4g} (over 100 x ln 10)" if np.isfinite(value)
+                       else f"became {value}")
+                which = f" (seed {seeds[model[0]]})" if seeds else ""
+                raise TrainingError(f"loss {how}{which} at {desc}, step {start + i + 1}/{n_steps}")
             chunks.append(metrics)
-            bar.update(len(losses))
-    return state, chunks
+            bar.update(losses.shape[-1])
+    return state, chunks, n_steps
 
 
-def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resume: bool = False):
+def epoch_batches(n_train, batch_size, data_key, epoch):
+    """This epoch's batch indices and mask, [steps, batch], from the run's data key; for a
+    stack of N keys, each model's, [N, steps, batch], as its own run would draw them."""
+    def draw(key):
+        return data.batch_indices(n_train, batch_size, jax.random.fold_in(key, epoch))
+
+    return jax.vmap(draw)(data_key) if data_key.ndim else draw(data_key)
+
+
+def epoch_row(state, test, train_metrics, epoch, seconds, final_tta=None):
+    """(the epoch's metrics.jsonl row, the predicted test classes for the reports).
+
+    `final_tta`: not None for the final epoch, which adds test-time augmentation's figures
+    (when the recipe has it) and, for N models, their ensemble's and the 95% confidence
+    interval of the test accuracy. N models' rows hold the means, `_std`s and `per_seed`.
+    """
+    stacked = train_state.is_stacked(state)
+    train = (steps.summarise_models(train_metrics, state.step.shape[0]) if stacked
+             else [steps.summarise(train_metrics)])
+    tests, predicted = evaluate.evaluate(state, test)
+    rows = [{"train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+             "test_loss": te["loss"], "test_accuracy": te["accuracy"]}
+            for tr, te in zip(train, tests if stacked else [tests])]
+    if final_tta:  # its predictions go in the reports
+        tta, predicted = evaluate.evaluate(state, test, final_tta)
+        for r, t in zip(rows, tta if stacked else [tta]):
+            r.update(test_loss_tta=t["loss"], test_accuracy_tta=t["accuracy"])
+    if not stacked:
+        return {"epoch": epoch, **rows[0], "seconds": round(seconds, 3)}, predicted
+    combined = multi_seed.combine(rows)
+    row = {"epoch": epoch, **{k: v for k, v in combined.items() if k != "per_seed"},
+           "seconds": round(seconds, 3)}
+    if final_tta is not None:
+        ensemble, predicted = evaluate.ensemble(state, test, final_tta)
+        key = "test_accuracy_tta" if final_tta else "test_accuracy"
+        row.update(ensemble_test_loss=ensemble["loss"], ensemble_test_accuracy=ensemble["accuracy"],
+                   test_accuracy_ci95=list(multi_seed.confidence_interval(combined["per_seed"][key])))
+    return {**row, "per_seed": combined["per_seed"]}, predicted
+
+
+def resume_point(ckpt, interrupted, state, steps_per_epoch):
+    """(state, epochs done, batches done of the next epoch, their per-step metrics) to go on
+    from: the newest readable checkpoint, a signal's mid-epoch one or an epoch's; the fresh
+    `state` when the run has none yet (it never finished an epoch: same seed, same start)."""
+    epochs = ckpt.all_steps()
+    if [s for s in interrupted.all_steps() if s > max(epochs, default=0) * steps_per_epoch]:
+        try:
+            restored, step, metrics = checkpoint.restore(interrupted, state, with_metrics=True)
+            return restored, step // steps_per_epoch, step % steps_per_epoch, metrics
+        except checkpoint.CheckpointError:
+            pass  # warned about; the epochs' checkpoints come next
+    if not epochs:
+        return state, 0, 0, []
+    restored, epoch = checkpoint.restore(ckpt, state)
+    return restored, epoch, 0, []
+
+
+def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resume: bool = False,
+                       stop=None):
     """Train `config.model` on CIFAR-10, evaluate after every epoch, write the run to `workdir`.
 
     Writes config.json, metrics.jsonl (one row per epoch), TensorBoard events, an Orbax
     checkpoint per epoch, and for the final model confusion_matrix.png, report.txt and
-    history.png. With `resume`, goes on from the newest checkpoint in `workdir`, whose config
-    must equal `config`; the result is the same as that of an uninterrupted run. Returns the
-    per-epoch rows.
+    history.png. An epoch counts as done once its checkpoint has landed: only then do its row
+    and TensorBoard scalars appear. With `resume`, goes on from the newest readable checkpoint
+    in `workdir`, whose config must equal `config` but for what `run.check_resumable` allows;
+    the result is the same as that of an uninterrupted run. `stop` (`signals.Stop`): once set,
+    the run checkpoints its current step and raises Stopped. Returns the per-epoch rows.
     """
-    mesh = parallel.data_mesh()  # batches split over every device, the rest replicated
+    mesh = parallel.data_mesh(config.num_seeds)  # batches over "data", N models over "models"
     try:
         parallel.check_divisible(config.batch_size, mesh)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh)
     is_main_process = parallel.is_main_process()
-    if resume:
+    if resume:  # refusals come before anything is touched, and before the training is announced
         run.check_resumable(config, workdir)
     else:
-        created = run.create(config, workdir, is_main_process)
-    try:
-        splits = data.load_cifar10(config.data_dir, config.download, config.archive)
-        n_train = len(splits["train"][1])
-        steps_per_epoch, total_steps = train_state.run_length(config, n_train)
-        if not steps_per_epoch:
-            raise ConfigError(f"--batch-size {config.batch_size} is more than the {n_train} "
-                              "training images, and the recipe drops partial batches: use a "
-                              "smaller --batch-size")
-    except (data.DataError, ConfigError):
-        if is_main_process and not resume:  # leave no half-made run behind
-            run.discard(workdir, created)
-        raise
+        run.check_new(workdir)
+    created = not os.path.isdir(workdir)
+    with run.lock(workdir) if is_main_process else contextlib.nullcontext():
+        if not resume:
+            run.create(config, workdir, is_main_process)  # checks again, holding the lock
+        elif is_main_process and config != run.resumed_config(workdir):
+            run.write_config(config, workdir)  # more epochs, or a new learning rate
+        if is_main_process:
+            print(f"training {config.model} ({config.optimizer}, lr {config.learning_rate}, "
+                  f"{config.epochs:g} epoch{'s' if config.epochs != 1 else ''}, batch "
+                  f"{config.batch_size}, {config.dtype}) -> {workdir}", flush=True)
+        try:
+            splits = data.load_cifar10(config.data_dir, config.download, config.archive)
+            n_train = len(splits["train"][1])
+            if not train_state.run_length(config, n_train)[0]:
+                raise ConfigError(f"--batch-size {config.batch_size} is more than the {n_train} "
+                                  "training images, and the recipe drops partial batches: use a "
+                                  "smaller --batch-size")
+        except (data.DataError, ConfigError):
+            if is_main_process and not resume:  # leave no half-made run behind
+                run.discard(workdir, created)
+            raise
+        return _train(config, workdir, splits, mesh, progress, resume, stop)
+
+
+def _train(config, workdir, splits, mesh, progress, resume, stop):
+    """The epochs of `train_and_evaluate`, the run folder ready and held."""
+    is_main_process = parallel.is_main_process()
+    # N seeds: one stacked state, each model's keys stacked alike (`seeds`: None for one model)
+    seeds = [config.seed + i for i in range(config.num_seeds)] if config.num_seeds > 1 else None
+    replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh, stacked=bool(seeds))
+    n_train = len(splits["train"][1])
+    steps_per_epoch, total_steps = train_state.run_length(config, n_train)
+    n_epochs = math.ceil(config.epochs)
     train_images, train_labels = jax.device_put(splits["train"], replicate)
     test = evaluate.place_test_set(*splits["test"], config.eval_batch_size, mesh)
 
-    init_key, data_key, step_key = seed_keys(config.seed)
+    init_key, data_key, step_key = (
+        [jnp.stack(keys) for keys in zip(*map(seed_keys, seeds))] if seeds
+        else seed_keys(config.seed))
     _, learning_rate = train_state.optimizer(config, n_train)
     state = jax.device_put(train_state.from_config(config, init_key, n_train, splits["train"][0]),
-                           replicate)
+                           parallel.models_split(mesh) if seeds else replicate)
     ckpt = checkpoint.manager(workdir, config.keep_checkpoints)
+    interrupted = checkpoint.interrupted_manager(workdir)
+    done, first, partial = 0, 0, []  # epochs done; batches done of the next one, their metrics
     history, predicted = [], None
     if resume:
-        state, done = checkpoint.restore(ckpt, state)
+        state, done, first, partial = resume_point(ckpt, interrupted, state, steps_per_epoch)
         history = run.read_metrics(workdir, last_epoch=done)
+        if len(history) != done:
+            raise run.RunError(f"{workdir}/metrics.jsonl lacks epochs that are checkpointed: it "
+                               "was changed by hand; start a new run")
         if is_main_process:
             run.write_metrics(workdir, history)  # drop rows of epochs whose checkpoint never landed
-            print(f"resuming after epoch {done}", flush=True)
-    tensorboard = run.tensorboard(workdir, first_epoch=len(history) + 1) if is_main_process else None
+            print(f"resuming in epoch {done + 1} after step {first}/{steps_per_epoch}"
+                  if first else f"resuming after epoch {done}" if done else
+                  "no checkpoint yet: starting from the beginning", flush=True)
+    saved_step = train_state.steps_done(state)
+    tensorboard = run.tensorboard(workdir, first_epoch=done + 1) if is_main_process else None
     try:
-        for epoch in range(len(history) + 1, math.ceil(config.epochs) + 1):
+        for epoch in range(done + 1, n_epochs + 1):
             start = time.perf_counter()
-            idx, mask = data.batch_indices(n_train, config.batch_size,
-                                           jax.random.fold_in(data_key, epoch))
+            idx, mask = epoch_batches(n_train, config.batch_size, data_key, epoch)
             # The last epoch of a fractional run stops early; drop_last drops the partial batch.
             steps_now = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)
-            idx, mask = jax.device_get((idx[:steps_now], mask[:steps_now]))
-            n_images = int(mask.sum())  # on the host: every process knows it, no collective
+            idx, mask = jax.device_get((idx[..., :steps_now, :], mask[..., :steps_now, :]))
+            n_images = int(mask[..., first:, :].sum())  # all models'; on the host: no collective
             idx, mask = jax.device_put((idx, mask), split)
-            desc = f"epoch {epoch}/{math.ceil(config.epochs)}"
+            desc = f"epoch {epoch}/{n_epochs}"
             try:
-                state, train_metrics = train_epoch(state, train_images, train_labels, idx, mask,
-                                                   step_key, epoch, desc, progress)
+                state, chunks, batches = train_epoch(state, train_images, train_labels, idx, mask,
+                                                     step_key, epoch, desc, progress, first, stop,
+                                                     seeds)
             except TrainingError as e:
-                kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {workdir}"
-                        if epoch > 1 else "no epoch had finished, so no checkpoint was written")
-                raise TrainingError(f"{e}: lower --learning-rate; {kept}") from None
+                raise TrainingError(
+                    f"{e}: the checkpoints before it are kept; to go on from the newest with a "
+                    f"lower learning rate: {resume_command(workdir)} --learning-rate "
+                    f"{config.learning_rate / 10:g}") from None
+            partial += chunks
+            if batches < steps_now:  # a signal: save this exact step, mid-epoch
+                if train_state.steps_done(state) > saved_step:
+                    with _writing(workdir):
+                        checkpoint.save(interrupted, train_state.steps_done(state), state, partial)
+                raise Stopped(f"stopped by {stop.name} at {desc}, step {batches}/{steps_now}: "
+                              f"every step is checkpointed; continue with: "
+                              f"{resume_command(workdir)}", stop.signum)
             seconds = time.perf_counter() - start
-            train = steps.summarise(train_metrics)
-            test_metrics, predicted = evaluate.evaluate(state, test)
-            row = {"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-                   "test_loss": test_metrics["loss"], "test_accuracy": test_metrics["accuracy"],
-                   "seconds": round(seconds, 3)}
-            if config.tta and epoch == math.ceil(config.epochs):  # its predictions go in the reports
-                tta, predicted = evaluate.evaluate(state, test, config.tta)
-                row.update(test_loss_tta=tta["loss"], test_accuracy_tta=tta["accuracy"])
+            row, predicted = epoch_row(state, test, partial, epoch, seconds,
+                                       config.tta if epoch == n_epochs else None)
+            first, partial = 0, []
             history.append(row)
-            if is_main_process:
-                run.write_metrics(workdir, history)
+            with _writing(workdir):
+                if is_main_process:
+                    run.write_metrics(workdir, history, commit=False)
+                checkpoint.save(ckpt, epoch, state)  # every process takes part; Orbax writes once
+            saved_step = train_state.steps_done(state)
+            for step in interrupted.all_steps():  # a signal's checkpoint of this epoch or before
+                interrupted.delete(step)
+            if is_main_process:  # the epoch is done only now, its checkpoint landed
+                run.commit_metrics(workdir)
                 run.log_epoch(tensorboard, row, {
                     "images_per_second": n_images / seconds,
                     "learning_rate": learning_rate((epoch - 1) * steps_per_epoch + steps_now - 1)})
-            checkpoint.save(ckpt, epoch, state)  # every process takes part; Orbax writes once
-            if is_main_process:
-                print(f"{desc}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
-                      f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}  "
+                shown = functools.partial(multi_seed.describe, row)
+                print(f"{desc}  train loss {shown('train_loss')} acc {shown('train_accuracy')}  "
+                      f"test loss {shown('test_loss')} acc {shown('test_accuracy')}  "
                       f"{seconds:.1f}s ({n_images / seconds:,.0f} img/s)"
-                      + (f"  test acc with TTA {row['test_accuracy_tta']:.4f}"
-                         if "test_accuracy_tta" in row else ""), flush=True)
-    finally:  # also on Ctrl-C: let the last epoch's checkpoint finish landing
-        ckpt.wait_until_finished()
-        ckpt.close()
+                      + (f"  test acc with TTA {shown('test_accuracy_tta')}"
+                         if "test_accuracy_tta" in row else "")
+                      + (f"  ensemble {row['ensemble_test_accuracy']:.4f}"
+                         if "ensemble_test_accuracy" in row else ""), flush=True)
+    finally:
+        # Saves have all been awaited; after a failed one, closing may raise the same error again.
+        for mngr in (ckpt, interrupted):
+            with contextlib.suppress(Exception):
+                mngr.close()
         if tensorboard is not None:
             tensorboard.close()
 
     if predicted is None:  # resumed a run whose epochs were all done
-        predicted = evaluate.evaluate(state, test)[1]
+        predicted = (evaluate.ensemble(state, test, config.tta) if seeds
+                     else evaluate.evaluate(state, test))[1]
     if is_main_process:
-        evaluate.write_reports(workdir, splits["test"][1], predicted)
-        report.plot_history(history, os.path.join(workdir, "history.png"))
+        try:
+            evaluate.write_reports(workdir, splits["test"][1], predicted)
+            report.plot_history(history, os.path.join(workdir, "history.png"))
+        except OSError as e:
+            raise run.RunError(f"cannot write the reports into {workdir}: {e.strerror.lower()}; "
+                               f"every epoch is saved: {resume_command(workdir)} writes them "
+                               "again") from None
     return history
+
+
+@contextlib.contextmanager
+def _writing(workdir):
+    """A write that fails (no space, say) stops the run with one line and the way back."""
+    try:
+        yield
+    except (checkpoint.CheckpointError, run.RunError) as e:
+        raise type(e)(f"{e}; the run stopped there: fix that, then continue with: "
+                      f"{resume_command(workdir)}") from None
 
 
 def parse_args(argv=None):
@@ -178,8 +332,10 @@ def parse_args(argv=None):
     p.add_argument("--workdir", help="where the run's files go; must be new or empty unless "
                                      "--resume (default: runs/MODEL-DATE-TIME)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --workdir from its newest checkpoint, with its saved "
-                        "settings (a flag that contradicts them is an error)")
+                   help="continue the run in --workdir from its newest readable checkpoint, with "
+                        "its saved settings; --epochs may extend a run whose schedules do not "
+                        "span it, --learning-rate may change (after a divergence, say); any other "
+                        "flag that contradicts them is an error")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar, only one line per epoch")
     args = p.parse_args(argv)
@@ -193,6 +349,7 @@ def main(argv=None):
     overrides = config_overrides(args)
     workdir = args.workdir
     parallel.initialize()
+    checkpoint.quiet()
     try:
         if args.resume:
             config = dataclasses.replace(run.resumed_config(workdir), **overrides)
@@ -200,22 +357,32 @@ def main(argv=None):
             config = Config.for_model(**overrides)
         workdir = workdir or os.path.join("runs", f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         print(describe_devices(), flush=True)
-        print(f"training {config.model} ({config.optimizer}, lr {config.learning_rate}, "
-              f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch "
-              f"{config.batch_size}, {config.dtype}) -> {workdir}", flush=True)
-        history = train_and_evaluate(config, workdir, progress=args.progress, resume=args.resume)
+        with signals.stop_on_signals() as stop:
+            history = train_and_evaluate(config, workdir, progress=args.progress,
+                                         resume=args.resume, stop=stop)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (data.DataError, checkpoint.CheckpointError, TrainingError) as e:
+    except (data.DataError, checkpoint.CheckpointError, run.RunError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except Stopped as e:
+        print(e, file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # a second signal, or Ctrl-C with no handler (not the main thread)
         print(f"\ninterrupted: every finished epoch is checkpointed in {workdir}; continue with: "
-              f"python -m cifar_jax.train --workdir {workdir} --resume", file=sys.stderr)
+              f"{resume_command(workdir)}", file=sys.stderr)
         return 130
     final = history[-1]
-    print(f"done: test accuracy {final['test_accuracy']:.4f}; files in {workdir}")
+    if "per_seed" in final:  # N models: the spread, and the ensemble's accuracy
+        key = "test_accuracy_tta" if "test_accuracy_tta" in final else "test_accuracy"
+        low, high = final["test_accuracy_ci95"]
+        print(f"done: test accuracy{' with TTA' if key.endswith('tta') else ''} "
+              f"{multi_seed.describe(final, key)} (mean ± std of {len(final['per_seed'][key])} "
+              f"seeds; 95% confidence interval {low:.4f} to {high:.4f}); their ensemble "
+              f"{final['ensemble_test_accuracy']:.4f}; files in {workdir}")
+    else:
+        print(f"done: test accuracy {final['test_accuracy']:.4f}; files in {workdir}")
     return 0
 
 

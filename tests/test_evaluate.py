@@ -52,11 +52,12 @@ def test_evaluate_errors_are_one_line(cnn_run, mock_cifar10, capsys, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["report.txt"]
 
 
-def test_a_damaged_checkpoint_is_one_line(damaged_run, mock_cifar10, capsys):
-    workdir, newest = damaged_run
-    assert evaluate.main(["--workdir", workdir]) == 1
+def test_a_damaged_checkpoint_asked_for_is_one_line(damaged_run, mock_cifar10, capsys):
+    workdir, newest = damaged_run  # without --checkpoint, the one before is used (test_reliability)
+    assert evaluate.main(["--workdir", workdir, "--checkpoint", "2"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: checkpoint {newest} cannot be read (") and "\n" not in err
+    assert err.startswith(f"error: checkpoint {newest} cannot be read (")
+    assert err.endswith("): choose another --checkpoint") and "\n" not in err
 
 
 def scalars(workdir):

@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import subprocess
+import typing
 
 import pytest
 from mock_train import cnn_command
@@ -43,7 +44,7 @@ def test_batch_that_does_not_split_over_the_devices_is_a_usage_error(tmp_path):
 
 def test_check_divisible_hints():
     class Mesh:
-        size = 8
+        shape: typing.ClassVar = {"models": 1, "data": 8}
     parallel.check_divisible(64, Mesh())
     with pytest.raises(ValueError, match="use a multiple of 8, such as 8$"):
         parallel.check_divisible(5, Mesh())
@@ -53,7 +54,8 @@ def test_every_process_checks_the_workdir_before_the_main_one_fills_it(tmp_path,
     # Otherwise a slower process finds process 0's config.json and refuses a "non-empty" workdir.
     workdir = tmp_path / "run"
     seen_at_sync = []
-    monkeypatch.setattr(parallel, "sync", lambda name: seen_at_sync.append(workdir.exists()))
+    monkeypatch.setattr(parallel, "sync",
+                        lambda name: seen_at_sync.append((workdir / "config.json").exists()))
     run.create(Config.for_model("cnn"), str(workdir))
     assert seen_at_sync == [False]
     assert os.listdir(workdir) == ["config.json"]

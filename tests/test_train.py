@@ -12,9 +12,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_run_writes_every_output(cnn_run):
     config, workdir, history = cnn_run
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "confusion_matrix.png",
-                                           "history.png", "metrics.jsonl", "report.txt",
-                                           "tensorboard"]
+    assert sorted(os.listdir(workdir)) == [".lock", "checkpoints", "config.json",
+                                           "confusion_matrix.png", "history.png", "metrics.jsonl",
+                                           "report.txt", "tensorboard"]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert rows == history

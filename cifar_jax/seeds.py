@@ -1,0 +1,34 @@
+"""Many seeds in one run (`--num-seeds N`): each model's metrics, and the mean, std and 95%
+confidence interval over them that a multi-seed run reports.
+
+The models themselves are one stacked train state (`state.from_config` with N keys) that
+`steps.train_batches_stacked` trains in one compiled program.
+"""
+
+import math
+import statistics
+
+from scipy import stats
+
+
+def confidence_interval(values, level=0.95):
+    """(low, high): Student's t interval for the mean of `values` (N >= 2 independent runs)."""
+    n = len(values)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return statistics.mean(values) - half, statistics.mean(values) + half
+
+
+def combine(rows):
+    """One metrics row from each model's row (same keys): each key's mean over the models, its
+    `_std` (sample std, ddof 1), and `per_seed`, every model's value."""
+    keys = list(rows[0])
+    combined = {key: statistics.mean(row[key] for row in rows) for key in keys}
+    combined.update({f"{key}_std": statistics.stdev(row[key] for row in rows) for key in keys})
+    combined["per_seed"] = {key: [row[key] for row in rows] for key in keys}
+    return combined
+
+
+def describe(row, key):
+    """'0.6814 ± 0.0050' for a combined row, '0.6814' for a one-model row."""
+    return (f"{row[key]:.4f} ± {row[key + '_std']:.4f}" if f"{key}_std" in row
+            else f"{row[key]:.4f}")
