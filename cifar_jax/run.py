@@ -46,8 +46,12 @@ def resumed_config(workdir):
 
 
 def check_new(workdir):
-    """`workdir` may take a new run: it is missing or empty (but for a lock a killed run left)."""
+    """`workdir` may take a new run: it is missing or empty (but for a lock a killed run left).
+    A run another process is making there is named."""
     if os.path.isdir(workdir) and set(os.listdir(workdir)) - {LOCK_FILE}:
+        holder = in_use_by(workdir)
+        if holder:
+            raise _in_use(workdir, holder)
         raise ConfigError(f"workdir {workdir} is not empty: choose a new --workdir, or pass "
                           "--resume to continue the run in it (nothing in it was changed)")
 
@@ -92,13 +96,30 @@ def lock(workdir):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise RunError(f"{workdir} is in use by {holder}: wait until it ends, or choose "
-                           "another --workdir") from None
+            raise _in_use(workdir, f.read().strip() or "another process") from None
         f.truncate(0)
         f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
         yield
+
+
+def in_use_by(workdir):
+    """'process PID on HOST' holding the run in `workdir` (`lock`), or None if none does."""
+    try:
+        f = open(os.path.join(workdir, LOCK_FILE))  # noqa: SIM115 - the `with` below
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released as `f` closes
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+    return None
+
+
+def _in_use(workdir, holder):
+    return RunError(f"{workdir} is in use by {holder}: wait until it ends, or choose another "
+                    "--workdir")
 
 
 def check_resumable(config, workdir):

@@ -252,10 +252,11 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
                                                      step_key, epoch, desc, progress, first, stop,
                                                      seeds)
             except TrainingError as e:
+                kept = ("the checkpoints before it are kept; to go on from the newest"
+                        if ckpt.latest_step() else "no epoch had finished; to start again")
                 raise TrainingError(
-                    f"{e}: the checkpoints before it are kept; to go on from the newest with a "
-                    f"lower learning rate: {resume_command(workdir)} --learning-rate "
-                    f"{config.learning_rate / 10:g}") from None
+                    f"{e}: {kept} with a lower learning rate: {resume_command(workdir)} "
+                    f"--learning-rate {config.learning_rate / 10:g}") from None
             partial += chunks
             if batches < steps_now:  # a signal: save this exact step, mid-epoch
                 if train_state.steps_done(state) > saved_step:

@@ -170,7 +170,8 @@ def test_a_second_process_on_a_run_is_refused_naming_the_first(cnn_run, mock_cif
     workdir = copy_run(cnn_run, tmp_path)
     before = snapshot(workdir)
     fresh = str(tmp_path / "fresh")
-    for folder, args in ((workdir, ["--resume"]), (fresh, [])):
+    # a resume, a fresh start in an empty folder, one in the folder the holder is filling
+    for folder, args in ((workdir, ["--resume"]), (fresh, []), (workdir, [])):
         with run.lock(folder):  # this test's process holds the run
             code, err = run_cli(capsys, "--workdir", folder, *args)
         assert (code, err) == (1, (
@@ -215,8 +216,8 @@ def test_an_exploding_loss_stops_the_run_and_its_advice_works(mock_cifar10, tmp_
     assert code == 1
     # SGD at 1e6 drives the loss to 1e19, not to NaN: caught all the same
     match = re.fullmatch(r"error: loss reached \S+ \(over 100 x ln 10\) at epoch 1/2, step 2/3: "
-                         r"the checkpoints before it are kept; to go on from the newest with a "
-                         r"lower learning rate: (python -m cifar_jax.train .*)", err)
+                         r"no epoch had finished; to start again with a lower learning rate: "
+                         r"(python -m cifar_jax.train .*)", err)
     assert match, err
     assert match.group(1) == (f"python -m cifar_jax.train --workdir {workdir} --resume "
                               "--learning-rate 100000")
@@ -238,7 +239,10 @@ def test_a_nan_loss_names_its_step(mock_cifar10, tmp_path, monkeypatch):
         return state, metrics
 
     monkeypatch.setattr(steps, "train_batches", nan_at_step_5)
-    with pytest.raises(TrainingError, match=r"^loss became nan at epoch 2/2, step 2/3: "):
+    with pytest.raises(TrainingError, match=r"^loss became nan at epoch 2/2, step 2/3: the "
+                       r"checkpoints before it are kept; to go on from the newest with a lower "
+                       r"learning rate: python -m cifar_jax.train --workdir \S+ --resume "
+                       r"--learning-rate 0.0001$"):
         train_and_evaluate(Config.for_model("cnn", epochs=2, eval_batch_size=32),
                            str(tmp_path), progress=False)
     assert [row["epoch"] for row in rows(tmp_path)] == [1]
