@@ -40,17 +40,24 @@ def snapshot(folder):
     return out
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(cnn_run, mock_cifar10, tmp_path, monkeypatch):
-    config, whole, _ = cnn_run  # 2 epochs of 3 compiled calls each
-    calls, real = [], steps.train_batches
+def interrupting(real, at_call=5):
+    """`real`, raising KeyboardInterrupt at its `at_call`-th call instead (the 5th: in epoch 2 of
+    a mock run, whose epochs take 3 compiled calls)."""
+    calls = []
 
-    def interrupt_in_epoch_2(*args):
+    def wrapped(*args):
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == at_call:
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(steps, "train_batches", interrupt_in_epoch_2)
+    return wrapped
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(cnn_run, mock_cifar10, tmp_path, monkeypatch):
+    config, whole, _ = cnn_run  # 2 epochs of 3 compiled calls each
+    real = steps.train_batches
+    monkeypatch.setattr(steps, "train_batches", interrupting(real))
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(config, str(tmp_path / "cut"), progress=False)
     assert len(rows(tmp_path / "cut")) == 1

@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import MOCK_EXAMPLES
 from PIL import Image
-from test_resume import rows
+from test_resume import interrupting, rows
 
 from cifar_jax import evaluate, predict, run, seeds, steps
 from cifar_jax import state as train_state
@@ -111,15 +111,8 @@ def test_predict_uses_the_ensemble_and_member_picks_one(two_seeds, tmp_path, cap
 
 def test_a_multi_seed_run_resumes_exactly(two_seeds, mock_cifar10, tmp_path, monkeypatch):
     config, whole, _, _ = two_seeds
-    calls, real = [], steps.train_batches_stacked
-
-    def interrupt_in_epoch_2(*args):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(steps, "train_batches_stacked", interrupt_in_epoch_2)
+    real = steps.train_batches_stacked
+    monkeypatch.setattr(steps, "train_batches_stacked", interrupting(real))
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(config, str(tmp_path / "cut"), progress=False)
     monkeypatch.setattr(steps, "train_batches_stacked", real)
