@@ -94,7 +94,8 @@ class Config:
                           choices=DTYPES)
     seed: int = _setting(0, "seeds the initial weights and the shuffling: same seed, same run")
     num_seeds: int = _setting(1, "train this many models at once, seeds --seed, --seed+1, ..., in "
-                                 "one compiled program (vmap): each exactly as its own run; "
+                                 "one compiled program (vmap), each drawing its weights, data "
+                                 "order and augmentation as its own run would; "
                                  "metrics give their mean, std and 95%% confidence interval, "
                                  "predict and evaluate use their ensemble", positive=True)
     data_dir: str | None = _setting(

@@ -134,7 +134,8 @@ train_batches = jax.jit(_train_batches, donate_argnums=0)
 
 # N models at once (`--num-seeds`): `train_batches` vmapped over the stacked state, each model's
 # batch indices [N, steps, batch] and keys [N]; the images are shared. One compiled program,
-# no Python loop over models; each model computes exactly what it would alone.
+# no Python loop over models; each model computes what it would alone, but for rounding
+# (XLA may round batched matmuls differently in the last bit; training amplifies it).
 train_batches_stacked = jax.jit(jax.vmap(_train_batches, in_axes=(0, None, None, 0, 0, 0, None)),
                                 donate_argnums=0)
 
