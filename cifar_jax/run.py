@@ -75,8 +75,7 @@ def write_config(config, workdir):
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json() + "\n")
     except OSError as e:
-        raise ConfigError(f"cannot write to workdir {workdir} ({e.strerror}): "
-                          "choose another --workdir") from None
+        raise _unwritable(workdir, e) from None
 
 
 @contextlib.contextmanager
@@ -89,8 +88,7 @@ def lock(workdir):
         os.makedirs(workdir, exist_ok=True)
         f = open(os.path.join(workdir, LOCK_FILE), "a+")  # noqa: SIM115 - the `with` below
     except OSError as e:
-        raise ConfigError(f"cannot write to workdir {workdir} ({e.strerror}): "
-                          "choose another --workdir") from None
+        raise _unwritable(workdir, e) from None
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,6 +113,11 @@ def in_use_by(workdir):
         except BlockingIOError:
             return f.read().strip() or "another process"
     return None
+
+
+def _unwritable(workdir, error):
+    return ConfigError(f"cannot write to workdir {workdir} ({error.strerror}): choose another "
+                       "--workdir")
 
 
 def _in_use(workdir, holder):
