@@ -54,6 +54,17 @@ def crop_for_pool(x, kernel_size):
     return x[:, :h, :w]
 
 
+def same_padding_for_pool(size, kernel_size):
+    """The padding of a stride-1 'SAME' convolution whose output a 2x2 pool takes next.
+
+    'SAME' pads (k - 1) // 2 before and k // 2 after; where a side's `size` is odd, the pool
+    drops the last output row (column), so this pads one less after and the convolution
+    computes only the rows the pool keeps: `size - size % 2` of them. The pooled outputs and
+    all gradients are exactly those of 'SAME'.
+    """
+    return tuple(((kernel_size - 1) // 2, kernel_size // 2 - s % 2) for s in size)
+
+
 def _explicit_padding(padding, kernel_shape):
     """'VALID' / 'SAME' / ((lo, hi), (lo, hi)) -> ((lo, hi), (lo, hi)) for a stride-1 conv."""
     if padding == "VALID":

@@ -6,7 +6,12 @@ import pytest
 from jax import lax
 
 from cifar_jax.models import CNN, MLP
-from cifar_jax.ops import conv_as_matmul, crop_for_pool, max_pool_2x2
+from cifar_jax.ops import (
+    conv_as_matmul,
+    crop_for_pool,
+    max_pool_2x2,
+    same_padding_for_pool,
+)
 
 
 def n_params(params):
@@ -63,6 +68,26 @@ def test_relu_then_pool_has_flax_gradient_despite_zero_ties():
     ours, ref = grad(max_pool_2x2), grad(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
     assert float((nn.relu(x) == 0).mean()) > 0.8
     np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("size", [(15, 7), (14, 8)])
+def test_same_padding_for_pool_is_same_conv_then_pool_with_its_gradients(size):
+    x = jax.random.normal(jax.random.key(0), (2, *size, 4))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+    padding = same_padding_for_pool(size, 3)
+    assert padding == tuple((1, 1 - s % 2) for s in size)
+
+    def pooled(x, w, padding):
+        return max_pool_2x2(lax.conv_general_dilated(x, w, (1, 1), padding,
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+    ours, ref = pooled(x, w, padding), pooled(x, w, "SAME")
+    assert ours.shape == (2, size[0] // 2, size[1] // 2, 5)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    g = jax.random.normal(jax.random.key(2), ref.shape)
+    grads = lambda padding: jax.grad(lambda x, w: (pooled(x, w, padding) * g).sum(), (0, 1))(x, w)
+    for a, b in zip(grads(padding), grads("SAME")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_as_matmul_equals_lax_conv_and_its_gradients():
