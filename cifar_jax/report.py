@@ -1,9 +1,14 @@
 """What a finished run shows a person: the confusion matrix, a per-class report, training curves."""
 
 import numpy as np
-from matplotlib.figure import (
-    Figure,  # figures drawn straight to files: no pyplot, no GUI backend
-)
+
+
+def _figure(**kwargs):
+    """A matplotlib figure drawn straight to files: no pyplot, no GUI backend. Imported here,
+    not at the top: matplotlib takes a third of a second, which a run needs only at its end."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def confusion_matrix(labels, predictions, num_classes):
@@ -35,7 +40,7 @@ def classification_report(counts, class_names):
 def plot_confusion_matrix(counts, class_names, path, title="Confusion matrix (test set)"):
     """Counts written in each cell, coloured by the row-normalised rate (recall per class)."""
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig = Figure(figsize=(8, 7))
+    fig = _figure(figsize=(8, 7))
     ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, label="fraction of the true class")
@@ -56,7 +61,7 @@ def plot_history(history, path):
     """Loss and accuracy per epoch, train and test, from the rows of metrics.jsonl; for a
     multi-seed run, the mean with a band of ± one std over the seeds."""
     epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(10, 4))
+    fig = _figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "accuracy")):
         for split in ("train", "test"):

@@ -8,11 +8,11 @@ The models themselves are one stacked train state (`state.from_config` with N ke
 import math
 import statistics
 
-from scipy import stats
-
 
 def confidence_interval(values, level=0.95):
     """(low, high): Student's t interval for the mean of `values` (N >= 2 independent runs)."""
+    from scipy import stats  # here, not above: it takes most of a second to import
+
     n = len(values)
     half = stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
     return statistics.mean(values) - half, statistics.mean(values) + half

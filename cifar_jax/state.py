@@ -2,6 +2,7 @@
 the lookahead average and the step, as one pytree that jit donates, Orbax saves and vmap can
 batch; and building a fresh one from a run's config."""
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -44,10 +45,18 @@ class TrainState(struct.PyTreeNode):
                             batch_stats=batch_stats, opt_state=opt_state)
 
 
+# Compiled, the model's init is one program; run op by op, as `model.init` alone is, each of its
+# operations compiles apart, which took seconds on a CPU (the same values either way). The
+# model is static: equal modules share the compiled init.
+@functools.partial(jax.jit, static_argnums=0)
+def _init_variables(model, rng):
+    return model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False)
+
+
 def create(model, tx, rng, recipe=DEFAULT_RECIPE, init_from_data=None, images=None):
     """A fresh state: `model` initialised from `rng` on one image (then by `init_from_data`
     from the training `images`, when both are given), and `tx`'s state for its params."""
-    variables = model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False)
+    variables = _init_variables(model, rng)
     if init_from_data is not None and images is not None:
         variables = init_from_data(variables, images)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
@@ -55,7 +64,7 @@ def create(model, tx, rng, recipe=DEFAULT_RECIPE, init_from_data=None, images=No
     ema = (jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
            if recipe.lookahead_steps else {})
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), ema=ema, apply_fn=model.apply, tx=tx,
+                      opt_state=jax.jit(tx.init)(params), ema=ema, apply_fn=model.apply, tx=tx,
                       recipe=recipe)
 
 

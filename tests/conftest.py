@@ -1,8 +1,10 @@
 import os
 import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import jax
 import pytest
 import tensorflow_datasets as tfds
 
@@ -10,6 +12,19 @@ from cifar_jax.config import Config
 from cifar_jax.train import train_and_evaluate
 
 MOCK_EXAMPLES = 70  # per split: two full batches of 32 and a partial one of 6
+
+
+def pytest_configure(config):
+    """One JAX compilation cache for the whole session, new and empty: the xdist workers and
+    the subprocesses the tests start inherit it, so a program compiles once per session instead
+    of once per process. (The main process sets it before the workers start.)"""
+    if not hasattr(config, "workerinput") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="cifar_jax-tests-jax-cache-")
+        config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        jax.config.update("jax_compilation_cache_dir", cache)  # this process imported jax already
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @pytest.fixture
