@@ -1,14 +1,31 @@
-"""cifar_jax: train CIFAR-10 classifiers with JAX/Flax, fast."""
+"""cifar_jax: train CIFAR-10 classifiers with JAX/Flax, fast.
+
+Bring your own model, optimiser, augmentation or loss without editing the package: register it
+(`register_model("tiny", Tiny, optimizer="adam", epochs=1)` and its siblings) or name it by
+import path on the command line (`--model mynets:ResNet8`). The contracts are in
+`cifar_jax.config.CONTRACTS`.
+"""
 
 import importlib
 
-from cifar_jax.config import Config
+from cifar_jax.config import (
+    Config,
+    register_augmentation,
+    register_loss,
+    register_model,
+    register_optimizer,
+)
 
-# Imported on first use, so that `import cifar_jax.config` (and the command lines' --help)
-# do not start JAX.
-_LAZY = {"CLASS_NAMES": "cifar_jax.data", "CNN": "cifar_jax.models", "MLP": "cifar_jax.models"}
+__all__ = ["CLASS_NAMES", "CNN", "MLP", "Config", "register_augmentation", "register_loss",
+           "register_model", "register_optimizer", "train_and_evaluate"]
 
-__all__ = ["CLASS_NAMES", "CNN", "MLP", "Config"]
+# cifar_jax's own recipes and the parts they name, registered by the calls above (which they
+# import from here: hence after them).
+from cifar_jax import recipes  # noqa: F401
+
+# Imported on first use: the training loop brings Orbax and TensorBoard's writer along.
+_LAZY = {"CLASS_NAMES": "cifar_jax.data", "CNN": "cifar_jax.models", "MLP": "cifar_jax.models",
+         "train_and_evaluate": "cifar_jax.train"}
 
 
 def __getattr__(name):

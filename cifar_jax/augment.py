@@ -2,36 +2,36 @@
 
 Images are NHWC arrays `[B, H, W, C]` of any dtype (uint8 or float); every function returns the
 same shape and dtype, runs inside `jax.jit` with no host round trip, and treats the whole batch
-at once (no Python loop over images). `pad`, `size`, and `augment`'s `names`, `translate_pad` and
-`cutout_size` are Python values fixed at trace time: name them in `static_argnames` to jit.
+at once (no Python loop over images). `translate_pad` and `cutout_size` are Python values fixed
+at trace time. Each is an augmentation as `cifar_jax.config.CONTRACTS` has it (registered in
+`cifar_jax/recipes/`): its parameters are named as the step passes them.
 
 - `random_flip(images, key)`: each image mirrored left-right with p = 0.5.
-- `alternating_flip(images, key, indices, epoch)`: airbench's alternating flip. `indices` are the
-  images' positions in the training set. Image i is mirrored iff `base(key, i) XOR (epoch odd)`,
-  `base(key, i) = jax.random.bernoulli(jax.random.fold_in(key, i))` (vmapped over the batch): a
-  fair coin that depends only on the key and the dataset index, so every image is seen both ways
-  on alternating epochs whatever order and batches it comes in. `key` must therefore be the same
-  in every epoch (a run key, not a per-step one); `epoch` counts from 0 and may be traced.
-- `random_translate(images, key, pad=2)`: reflect-pad by `pad` pixels (as `jnp.pad(mode='reflect')`
-  or torch's `F.pad(..., 'reflect')`) and crop back to H x W at an offset (dy, dx), each uniform in
-  [-pad, pad] and independent per image: output[y, x] = padded[y + pad + dy, x + pad + dx]. The
-  rows are reflected by index arithmetic and the columns by padding, and one gather copies whole
-  W x C rows: on XLA:CPU (2 cores, batch 1024, 32x32x3) the fastest in float32 of the forms tried
-  (vmapped `lax.dynamic_slice`, a two-stage select over the 2*pad+1 shifts, a per-pixel gather)
-  and level with the per-pixel gather in uint8.
-- `cutout(images, key, size=8)`: zero a size x size square whose centre (cy, cx) is uniform over
-  the image; the square covers rows [cy - size//2, cy - size//2 + size) and the same for columns,
-  clipped at the border (DeVries & Taylor 2017, so a square near the edge is smaller; for an odd
-  size the square is size wide, where their code makes it size - 1). Zero means 0 in the input's
-  units: cut after normalisation to cut to the mean colour.
+- `alternating_flip(images, run_key, indices, epoch)`: airbench's alternating flip. `indices`
+  are the images' positions in the training set. Image i is mirrored iff
+  `base(run_key, i) XOR (epoch odd)`, `base(run_key, i) =
+  jax.random.bernoulli(jax.random.fold_in(run_key, i))` (vmapped over the batch): a fair coin
+  that depends only on the key and the dataset index, so every image is seen both ways on
+  alternating epochs whatever order and batches it comes in. `run_key` must therefore be the
+  same in every epoch; `epoch` counts from 0 and may be traced.
+- `random_translate(images, key, translate_pad=2)`: reflect-pad by `translate_pad` pixels (as
+  `jnp.pad(mode='reflect')` or torch's `F.pad(..., 'reflect')`) and crop back to H x W at an
+  offset (dy, dx), each uniform in [-pad, pad] and independent per image: output[y, x] =
+  padded[y + pad + dy, x + pad + dx]. The rows are reflected by index arithmetic and the
+  columns by padding, and one gather copies whole W x C rows: on XLA:CPU (2 cores, batch 1024,
+  32x32x3) the fastest in float32 of the forms tried (vmapped `lax.dynamic_slice`, a two-stage
+  select over the 2*pad+1 shifts, a per-pixel gather) and level with the per-pixel gather in
+  uint8.
+- `cutout(images, key, cutout_size=8)`: zero a size x size square whose centre (cy, cx) is
+  uniform over the image; the square covers rows [cy - size//2, cy - size//2 + size) and the
+  same for columns, clipped at the border (DeVries & Taylor 2017, so a square near the edge is
+  smaller; for an odd size the square is size wide, where their code makes it size - 1). Zero
+  means 0 in the input's units: cut after normalisation to cut to the mean colour.
 
-`augment(images, key, names, ...)` applies the named ones in the fixed order of `AUGMENTATIONS`
-(flip, alternating_flip, translate, cutout: flips first, then translate, then cutout), whatever
-the order of `names`. Op number k in that order draws from `jax.random.fold_in(key, k)`, so adding
-or removing one op never changes the others' draws; alternating_flip alone draws from
-`fold_in(flip_key, 1)`, `flip_key` being a key that stays the same across epochs, while `key` may
-(and for translate and cutout should) change every batch. (airbench crops before its epoch flip;
-flipping first gives the same distribution, since a flip turns offset dx into -dx.)
+`apply(images, names, key, run_key, ...)` applies the named augmentations (registered names or
+import paths) in the order given; augmentation number k draws from `jax.random.fold_in(key, k)`
+and, where it asks for one, a run key `fold_in(run_key, k)`. (airbench crops before its epoch
+flip; flipping first gives the same distribution, since a flip turns offset dx into -dx.)
 
 All of these are pure functions of (images, key[, indices, epoch]): there is no RNG state, so a
 run resumed from a checkpoint that derives its keys the same way (e.g. per step
@@ -42,6 +42,8 @@ uninterrupted one.
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from cifar_jax.config import call, lookup
 
 
 def _flip_mask(key, batch):
@@ -64,13 +66,13 @@ def _alternating_flip_mask(key, indices, epoch):
     return base ^ (jnp.asarray(epoch) % 2 == 1)
 
 
-def alternating_flip(images, key, indices, epoch):
-    """airbench's alternating flip: image i is mirrored iff base(key, i) XOR (epoch is odd).
+def alternating_flip(images, run_key, indices, epoch):
+    """airbench's alternating flip: image i is mirrored iff base(run_key, i) XOR (epoch is odd).
 
     `indices` [B]: each image's position in the training set; `epoch` 0-based, may be traced.
-    `key` must stay the same across epochs for the alternation to hold (see the module doc).
+    `run_key` must stay the same across epochs for the alternation to hold (see the module doc).
     """
-    return _mirror_where(images, _alternating_flip_mask(key, jnp.asarray(indices), epoch))
+    return _mirror_where(images, _alternating_flip_mask(run_key, jnp.asarray(indices), epoch))
 
 
 def _translate_offsets(key, batch, pad):
@@ -84,11 +86,14 @@ def _reflect(i, n):
     return jnp.where(i >= n, 2 * (n - 1) - i, i)
 
 
-def random_translate(images, key, pad=2):
-    """Reflect-pad by `pad`, then crop H x W at a uniform random offset in [-pad, pad]^2 per image.
+def random_translate(images, key, translate_pad=2):
+    """Reflect-pad by `translate_pad`, then crop H x W at a uniform random offset in
+    [-pad, pad]^2 per image.
 
-    `pad` must be a Python int with 0 <= pad < min(H, W) (as for torch's reflect padding).
+    `translate_pad` must be a Python int with 0 <= pad < min(H, W) (as for torch's reflect
+    padding).
     """
+    pad = translate_pad
     b, h, w, c = images.shape
     if not 0 <= pad < min(h, w):
         raise ValueError(
@@ -124,8 +129,9 @@ def _cutout_centres(key, batch, height, width):
     return jnp.stack([cy, cx], axis=1)
 
 
-def cutout(images, key, size=8):
+def cutout(images, key, cutout_size=8):
     """Zero a size x size square at a uniformly random centre per image, clipped at the border."""
+    size = cutout_size
     b, h, w, _ = images.shape
     if size <= 0:
         return images
@@ -140,53 +146,16 @@ def cutout(images, key, size=8):
     return jnp.where(square, jnp.zeros((), images.dtype), images)
 
 
-# Registry order = application order = each op's key number k (fold_in(key, k)): append new ops
-# at the end so that existing ones keep their draws.
-AUGMENTATIONS = {
-    "flip": random_flip,
-    "alternating_flip": alternating_flip,
-    "translate": random_translate,
-    "cutout": cutout,
-}
+def apply(images, names, key, run_key, *, indices=None, epoch=0, settings=None):
+    """The augmentations `names` (registered names or import paths), in that order.
 
-
-def _check_names(names):
-    names = (names,) if isinstance(names, str) else tuple(names)
-    for name in names:
-        if name not in AUGMENTATIONS:
-            raise ValueError(
-                f"unknown augmentation {name!r}; choose from: {', '.join(AUGMENTATIONS)}"
-            )
-    return frozenset(names)
-
-
-def augment(images, key, names, *, indices=None, epoch=0, flip_key=None, translate_pad=2,
-            cutout_size=8):
-    """Apply the augmentations named in `names` in registry order: flips, translate, cutout.
-
-    names: tuple of `AUGMENTATIONS` keys (static under jit; order and repeats do not matter).
-    key: this batch's key; op number k in `AUGMENTATIONS` uses `jax.random.fold_in(key, k)`.
-    indices, epoch, flip_key: for "alternating_flip" (ValueError if `indices` or `flip_key` is
-        missing): the images' dataset positions, the 0-based epoch, and a key that is the same in
-        every epoch (the run's key), from which it draws `fold_in(flip_key, 1)`. It cannot use
-        `key`, which changes from batch to batch, or each image's base coin would too.
-    translate_pad, cutout_size: as `random_translate`'s `pad` and `cutout`'s `size` (static).
+    Augmentation number k is called with the arguments its signature names among: `key`
+    (`fold_in(key, k)`: this batch's), `run_key` (`fold_in(run_key, k)`, from a key that is the
+    same all run), `indices` (the images' positions in the training set), `epoch` (0-based),
+    and the `settings` (e.g. translate_pad). `names` and `settings` are static under jit.
     """
-    chosen = _check_names(names)
-    for k, name in enumerate(AUGMENTATIONS):
-        if name not in chosen:
-            continue
-        if name == "flip":
-            images = random_flip(images, jax.random.fold_in(key, k))
-        elif name == "alternating_flip":
-            if indices is None or flip_key is None:
-                raise ValueError(
-                    "alternating_flip needs indices= (the images' dataset positions) and "
-                    "flip_key= (a key that is the same in every epoch)"
-                )
-            images = alternating_flip(images, jax.random.fold_in(flip_key, k), indices, epoch)
-        elif name == "translate":
-            images = random_translate(images, jax.random.fold_in(key, k), translate_pad)
-        elif name == "cutout":
-            images = cutout(images, jax.random.fold_in(key, k), cutout_size)
+    for k, name in enumerate(names):
+        images = call(lookup("augmentation", name).obj, images, key=jax.random.fold_in(key, k),
+                      run_key=jax.random.fold_in(run_key, k), indices=indices, epoch=epoch,
+                      **(settings or {}))
     return images

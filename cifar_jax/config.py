@@ -1,97 +1,260 @@
-"""Every setting of a run: its default, its command-line help, and each model's recipe, once.
+"""Every setting of a run, its default and its command-line help, once; and the names the
+settings may take: the models (with their recipes), optimisers, augmentations and losses.
 
 This module is the bottom of the package: it imports nothing else of cifar_jax (nor jax), so
 any module may read it. The command-line flags of `python -m cifar_jax.train` are generated
-from the fields below (`cli.add_config_flags`); a model's recipe is one entry in `RECIPES`.
+from the fields below (`cli.add_config_flags`).
+
+The four extension points are open from outside the package. A model, optimiser,
+augmentation or loss is named either by a registered name (`register_model` and its three
+siblings, which cifar_jax's own recipes in `cifar_jax/recipes/` call too) or by an import path
+`module:attribute`, imported on first use. Their contracts are `CONTRACTS` below; the pieces
+are checked against them before a run starts (`cifar_jax.contracts`).
 """
 
 import dataclasses
+import importlib
+import inspect
 import json
 import math
 import os
+from typing import Any, NamedTuple
 
-# The default learning rate of each optimiser; these names are the optimiser choices. sgd and
-# adam: Keras's defaults. nesterov: airbench's, per 1024 examples of the summed loss and
-# decoupled from the momentum (`optim.airbench_coefficients` turns it into SGD's 1.46e-3).
-LEARNING_RATES = {"sgd": 0.01, "adam": 1e-3, "nesterov": 11.5}
+# --------------------------------------------------------------------------------------------
+# The registries
+# --------------------------------------------------------------------------------------------
 
-# Each model's recipe: the settings that differ from the field defaults below. A new model is
-# one entry here plus its module in `cifar_jax.models`.
-RECIPES = {
-    "mlp": {"optimizer": "sgd", "epochs": 5},  # the Keras tutorial's MLP
-    "cnn": {"optimizer": "adam", "epochs": 10},  # the Keras tutorial's CNN
-    # airbench94 (KellerJordan/cifar10-airbench, legacy/airbench94.py): 94% in 3.83 s on an A100
-    "airbench94": {"optimizer": "nesterov", "epochs": 9.9, "batch_size": 1024, "drop_last": True,
-                   "loss": "sum", "label_smoothing": 0.2, "schedule": "warmup_decay",
-                   "lookahead": True, "augment": "alternating_flip,translate", "tta": 2},
+# What each kind of piece must be; --help, the README and the error messages say it so.
+CONTRACTS = {
+    "model": "a Flax module class, or a function returning a module (given dtype= where it "
+             "takes one), applied as apply(variables, images, train=...) to float images in "
+             "[0, 1] of shape [B, 32, 32, 3] and returning logits [B, 10]",
+    "optimizer": "a function of the learning rate (a number; the run's schedule scales its "
+                 "updates) returning an optax.GradientTransformation",
+    "augmentation": "a pure function (images, key) of uint8 images [B, 32, 32, 3] and a PRNG "
+                    "key, returning uint8 images of the same shape",
+    "loss": "a function (logits [B, 10], labels int [B]) returning the per-example losses [B]",
 }
-
-DTYPES = ("float32", "bfloat16")
-AUGMENTATIONS = ("flip", "alternating_flip", "translate", "cutout")  # `augment.AUGMENTATIONS`
-
 
 class ConfigError(ValueError):
     """A setting is invalid; the message says which and what is allowed."""
 
 
+class ExtensionError(ConfigError):
+    """A model, optimiser, augmentation or loss cannot be found, imported or used as its
+    contract says; the message names it and what was expected."""
+
+
+class Entry(NamedTuple):
+    """A registered piece: the object, a model's recipe (the settings that differ from the
+    defaults), and where it lives as `module:qualname` (None where no import can reach it)."""
+
+    obj: Any
+    recipe: dict
+    path: str | None
+
+
+REGISTRY = {kind: {} for kind in CONTRACTS}
+_IMPORTED = {kind: {} for kind in CONTRACTS}  # import paths resolved so far
+
+
+def register_model(name, build, **recipe):
+    """Make the model `build` (CONTRACTS["model"]) available as `name`, with its recipe: any
+    Config settings, e.g. optimizer="adam", epochs=30, batch_size=512. A module may define
+    `init_from_data(self, variables, images)`, called once on a fresh state with the uint8
+    training images (airbench94's whitening stem)."""
+    unknown = sorted(set(recipe) - (set(FIELDS) - {"model"}))
+    if unknown:
+        raise TypeError(f"register_model({name!r}, ...): {unknown[0]!r} is not a setting "
+                        "(a recipe takes Config's fields, e.g. optimizer, epochs, batch_size)")
+    _register("model", name, build, recipe)
+
+
+def register_optimizer(name, fn):
+    """Make the optimiser `fn` (CONTRACTS["optimizer"]) available as `name`. It is called as
+    `fn(learning_rate, **settings)` with the settings its signature names (momentum,
+    weight_decay, batch_size, ..., total_steps, steps_per_epoch); its learning_rate's default
+    is the run's default."""
+    _register("optimizer", name, fn)
+
+
+def register_augmentation(name, fn):
+    """Make the augmentation `fn` (CONTRACTS["augmentation"]) available as `name`. It runs
+    inside the compiled step as `fn(images, **arguments)`, given those its signature names:
+    `key` (this batch's), `run_key` (the same all run), `indices` (the images' positions in
+    the training set), `epoch` (0-based), or a setting (e.g. translate_pad)."""
+    _register("augmentation", name, fn)
+
+
+def register_loss(name, fn):
+    """Make the per-example loss `fn` (CONTRACTS["loss"]) available as `name`. It is called as
+    `fn(logits, labels, **settings)` with the settings its signature names (label_smoothing);
+    the step masks padded examples and takes the mean or the sum (--reduction)."""
+    _register("loss", name, fn)
+
+
+def _register(kind, name, obj, recipe=None):
+    if not isinstance(name, str) or not name or set(name) & set(":, "):
+        raise ValueError(f"register_{kind}: the name must be a word without ':', ',' or spaces "
+                         f"(those are for import paths and lists), got {name!r}")
+    if not callable(obj):
+        raise TypeError(f"register_{kind}({name!r}, ...): expected {CONTRACTS[kind]}, got a "
+                        f"{type(obj).__name__}")
+    path, old = import_path(obj), REGISTRY[kind].get(name)
+    if old is not None and (old.path != path or path is None) and old.obj is not obj:
+        raise ValueError(f"{kind} {name!r} is registered already (as {old.path}): choose "
+                         "another name")
+    REGISTRY[kind][name] = Entry(obj, dict(recipe or {}), path)
+
+
+def import_path(obj):
+    """'module:qualname' of a function or class, or None where it is not reachable so (a
+    lambda, a function defined inside another, a partial)."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        return None
+    return f"{module}:{qualname}"
+
+
+def lookup(kind, name):
+    """The Entry registered as `name`, or the object at the import path `name`
+    ('module:attribute', imported once). ExtensionError says what is wrong otherwise."""
+    if name in REGISTRY[kind]:
+        return REGISTRY[kind][name]
+    if ":" not in name:
+        raise ExtensionError(f"unknown {kind} {name!r}: choose one of "
+                             f"{', '.join(REGISTRY[kind])}, or name yours as module:attribute")
+    if name not in _IMPORTED[kind]:
+        _IMPORTED[kind][name] = Entry(_import(kind, name), {}, name)
+    return _IMPORTED[kind][name]
+
+
+def _import(kind, path):
+    """The object at `path` ('module:attribute', the module on the Python path)."""
+    module_name, _, attribute = path.partition(":")
+    expected = f"expected {CONTRACTS[kind]}"
+    if not module_name or not attribute:
+        raise ExtensionError(f"{kind} {path!r} is not an import path module:attribute; {expected}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise ExtensionError(f"{kind} {path!r}: no module named {e.name!r} (is it on "
+                                 "PYTHONPATH, or installed?)") from None
+        raise ExtensionError(f"{kind} {path!r}: importing {module_name} failed: {_one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the module's own code raises
+        raise ExtensionError(f"{kind} {path!r}: importing {module_name} failed: {_one_line(e)}") from None
+    obj = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise ExtensionError(f"{kind} {path!r}: module {module_name} has no attribute "
+                                 f"{attribute!r}; {expected}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ExtensionError(f"{kind} {path!r} is a {type(obj).__name__}; {expected}")
+    return obj
+
+
+def _one_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def parameters(fn):
+    """`fn`'s parameters by name (a class: its constructor's); {} where Python cannot tell."""
+    try:
+        return dict(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def call(fn, *args, **available):
+    """`fn(*args, **those of `available` that its signature names)`."""
+    names = parameters(fn)
+    return fn(*args, **{k: v for k, v in available.items() if k in names})
+
+
+def default_of(fn, name):
+    """The default of `fn`'s parameter `name`, or None (no such parameter, or no default)."""
+    parameter = parameters(fn).get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default
+
+
+# --------------------------------------------------------------------------------------------
+# The settings
+# --------------------------------------------------------------------------------------------
+
+
 def _setting(default, help, *, flag=None, choices=None, positive=False, minimum=None,
-             runtime=False):
+             runtime=False, piece=False):
     """A Config field with what the command line needs to know about it.
 
     flag: the option's name when it is not `--field-name`; choices: the allowed values;
     positive: must be > 0; minimum: must be >= this; runtime: the results do not depend on it,
-    so a resumed run may change it.
+    so a resumed run may change it; piece: a hyperparameter of the pieces that name it (the
+    optimiser, the loss, the augmentations): None means the piece's own default, and a value
+    that no piece takes is an error.
     """
     return dataclasses.field(default=default, metadata={
         "help": help, "flag": flag, "choices": choices, "positive": positive, "minimum": minimum,
-        "runtime": runtime})
+        "runtime": runtime, "piece": piece})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    model: str = _setting("cnn", "which network and recipe: 'mlp' (Dense 3000-1000-10, SGD, 5 "
-                                 "epochs), 'cnn' (two conv blocks, Adam, 10 epochs), 'airbench94' "
-                                 "(the airbench94 recipe: 94%% in seconds on a GPU)",
-                          choices=tuple(RECIPES))
-    optimizer: str = _setting("adam", "optax optimiser; 'nesterov' is airbench's: Nesterov SGD, "
-                                      "coupled weight decay, BatchNorm biases at --bias-scaler "
-                                      "x the learning rate, the whitening stem frozen",
-                              choices=tuple(LEARNING_RATES))
-    learning_rate: float = _setting(None, "learning rate", positive=True)  # None: LEARNING_RATES
+    model: str = _setting("cnn", "which network and its recipe: 'mlp' (Dense 3000-1000-10, SGD, "
+                                 "5 epochs), 'cnn' (two conv blocks, Adam, 10 epochs), "
+                                 "'airbench94' (94%% in seconds on a GPU), any registered name, "
+                                 "or module:attribute naming " + CONTRACTS["model"])
+    optimizer: str = _setting("adam", "the optimiser: sgd, adam, nesterov (airbench's Nesterov "
+                                      "SGD with its parameter groups), a registered name, or "
+                                      "module:attribute naming " + CONTRACTS["optimizer"])
+    learning_rate: float = _setting(None, "learning rate, in the optimiser's units", positive=True)
     epochs: float = _setting(10, "passes over the 50,000 training images; fractions allowed "
                                  "(the last epoch is cut short, schedules shrink with the run)",
                              positive=True)
     batch_size: int = _setting(32, "training batch size", positive=True)
     drop_last: bool = _setting(False, "drop each epoch's last partial batch (otherwise it is "
                                       "padded and trained on, as Keras does)")
-    loss: str = _setting("mean", "the cross-entropy over a batch: its 'mean' or its 'sum' (the "
-                                 "learning rate is per example then)", choices=("mean", "sum"))
-    label_smoothing: float = _setting(0.0, "label smoothing of the cross-entropy", minimum=0.0)
+    loss: str = _setting("cross_entropy", "the per-example training loss: cross_entropy, a "
+                                          "registered name, or module:attribute naming "
+                         + CONTRACTS["loss"])
+    reduction: str = _setting("mean", "how a batch's per-example losses make the loss that is "
+                                      "differentiated: their 'mean' or their 'sum' (the learning "
+                                      "rate is per example then)", choices=("mean", "sum"))
+    label_smoothing: float = _setting(None, "label smoothing, for a loss that takes it",
+                                      minimum=0.0, piece=True)
     schedule: str = _setting("constant", "learning-rate schedule: 'warmup_decay' rises linearly "
                                          "from 0.2x to 1x over the first 23%% of steps, then "
-                                         "falls linearly to 0.07x", choices=("constant", "warmup_decay"))
-    momentum: float = _setting(0.85, "Nesterov momentum of the 'nesterov' optimiser", positive=True)
-    weight_decay: float = _setting(0.0153, "weight decay of the 'nesterov' optimiser, per 1024 "
-                                           "examples, decoupled from the learning rate",
-                                   minimum=0.0)
-    bias_scaler: float = _setting(64.0, "'nesterov': BatchNorm biases learn this many times faster",
-                                  positive=True)
-    whiten_bias_epochs: float = _setting(3, "'nesterov': epochs the whitening stem's bias trains",
-                                         minimum=0)
+                                         "falls linearly to 0.07x",
+                             choices=("constant", "warmup_decay"))
+    momentum: float = _setting(None, "momentum, for an optimiser that takes it", positive=True,
+                               piece=True)
+    weight_decay: float = _setting(None, "weight decay, for an optimiser that takes it "
+                                         "(nesterov's: per 1024 examples, decoupled from the "
+                                         "learning rate)", minimum=0.0, piece=True)
+    bias_scaler: float = _setting(None, "nesterov: BatchNorm biases learn this many times faster",
+                                  positive=True, piece=True)
+    whiten_bias_epochs: float = _setting(None, "nesterov: epochs the whitening stem's bias trains",
+                                         minimum=0, piece=True)
     lookahead: bool = _setting(False, "lookahead: every 5 steps, move an average of the weights "
                                       "towards them and continue from it (airbench's schedule)")
-    augment: str = _setting("", "on-device augmentations, comma-separated: "
-                                + ", ".join(AUGMENTATIONS))
-    translate_pad: int = _setting(2, "pixels of the 'translate' augmentation (reflect padding)",
-                                  minimum=0)
-    cutout_size: int = _setting(8, "side of the 'cutout' augmentation's square", positive=True)
+    augment: str = _setting("", "on-device augmentations, comma-separated, applied in that "
+                                "order: flip, alternating_flip, translate, cutout, registered "
+                                "names, or module:attribute, each " + CONTRACTS["augmentation"])
+    translate_pad: int = _setting(None, "pixels of the 'translate' augmentation (reflect padding)",
+                                  minimum=0, piece=True)
+    cutout_size: int = _setting(None, "side of the 'cutout' augmentation's square", positive=True,
+                                piece=True)
     tta: int = _setting(0, "test-time augmentation of the final evaluation: 0 none, 1 mirror, "
                            "2 mirror and 1-pixel translations (6 views)", choices=(0, 1, 2))
     eval_batch_size: int = _setting(1000, "evaluation batch size (the results do not depend on it)",
                                     positive=True)
     dtype: str = _setting("float32", "computation dtype: 'bfloat16' runs activations and matmuls "
                                      "in bfloat16, parameters and optimiser state stay float32",
-                          choices=DTYPES)
+                          choices=("float32", "bfloat16"))
     seed: int = _setting(0, "seeds the initial weights and the shuffling: same seed, same run")
     num_seeds: int = _setting(1, "train this many models at once, seeds --seed, --seed+1, ..., in "
                                  "one compiled program (vmap), each drawing its weights, data "
@@ -110,13 +273,27 @@ class Config:
                                      positive=True, runtime=True)
 
     def __post_init__(self):
-        if self.learning_rate is None and self.optimizer in LEARNING_RATES:
-            object.__setattr__(self, "learning_rate", LEARNING_RATES[self.optimizer])
         for field in dataclasses.fields(self):
             value, meta = getattr(self, field.name), field.metadata
             if meta["choices"] and value not in meta["choices"]:
                 raise ConfigError(f"unknown {field.name} {value!r}: choose one of "
                                   f"{', '.join(map(str, meta['choices']))}")
+        lookup("model", self.model)
+        pieces = _pieces(self.optimizer, self.loss, self.augment)
+        if self.learning_rate is None:
+            default = default_of(pieces[0][1], "learning_rate")
+            if default is None:
+                raise ConfigError(f"optimizer {self.optimizer!r} has no default learning rate: "
+                                  "pass --learning-rate")
+            object.__setattr__(self, "learning_rate", default)
+        for name in PIECE_SETTINGS:  # None: the default of the first piece that takes it
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, next(
+                    (default_of(fn, name) for _, fn in pieces if name in parameters(fn)), None))
+        for field in dataclasses.fields(self):
+            value, meta = getattr(self, field.name), field.metadata
+            if value is None:
+                continue
             if field.type in (int, float) and not _number(value, field.type):
                 noun = "an integer" if field.type is int else "a number"
                 raise ConfigError(f"{field.name} must be {noun}, got {value!r}")
@@ -125,17 +302,18 @@ class Config:
                 raise ConfigError(f"{field.name} must be a positive {noun}, got {value!r}")
             if meta["minimum"] is not None and not meta["minimum"] <= value < math.inf:
                 raise ConfigError(f"{field.name} must be at least {meta['minimum']}, got {value!r}")
-        unknown = [name for name in self.augmentations if name not in AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(f"unknown augmentation {unknown[0]!r}: choose from "
-                              f"{', '.join(AUGMENTATIONS)}")
-        if not self.label_smoothing < 1:
+        if self.label_smoothing is not None and not self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be below 1, got {self.label_smoothing!r}")
+        for name in PIECE_SETTINGS:
+            if getattr(self, name) is not None and not _takers(name, pieces):
+                named = ", ".join(f"{kind} {piece!r}" for (kind, piece), _ in pieces)
+                raise ConfigError(f"{name}={getattr(self, name)!r} is taken by none of the run's "
+                                  f"pieces ({named}): drop it, or choose a piece that takes it")
 
     @property
     def augmentations(self):
         """The augment setting as a tuple of names."""
-        return tuple(name.strip() for name in self.augment.split(",") if name.strip())
+        return _augmentations(self.augment)
 
     @property
     def length_tied(self):
@@ -147,21 +325,49 @@ class Config:
 
     @classmethod
     def for_model(cls, model="cnn", **overrides):
-        """The recipe's settings for `model`; `None` overrides mean "use the default"."""
-        if model not in RECIPES:
-            raise ConfigError(f"unknown model {model!r}: choose one of {', '.join(RECIPES)}")
-        return cls(model=model, **{**RECIPES[model],
-                                   **{k: v for k, v in overrides.items() if v is not None}})
+        """The recipe's settings for `model`; `None` overrides mean "use the default". A
+        recipe's setting for a piece that `overrides` replace (its label smoothing, with
+        another loss) goes with that piece."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        settings = {**lookup("model", model).recipe, **overrides}
+        pieces = _pieces_of(settings)
+        return cls(model=model, **{k: v for k, v in settings.items()
+                                   if k in overrides or k not in PIECE_SETTINGS
+                                   or _takers(k, pieces)})
 
     def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        """config.json: every setting, and where each of the run's registered pieces that are
+        not cifar_jax's own lives ("imports"), so that another process can import them."""
+        settings = dataclasses.asdict(self)
+        imports = {}
+        for kind, name in self.pieces():
+            entry = REGISTRY[kind].get(name)
+            if entry is not None and not (entry.path or "").startswith("cifar_jax."):
+                imports.setdefault(kind, {})[name] = entry.path
+        return json.dumps({**settings, **({"imports": imports} if imports else {})}, indent=2)
+
+    def pieces(self):
+        """(kind, name) of each piece the run names: model, optimiser, loss, augmentations."""
+        return [("model", self.model), ("optimizer", self.optimizer), ("loss", self.loss),
+                *(("augmentation", name) for name in self.augmentations)]
 
     @classmethod
     def from_json(cls, text):
         settings = json.loads(text)
         if "keep" in settings:  # runs written before the field was renamed
             settings["keep_checkpoints"] = settings.pop("keep")
-        return cls(**settings)
+        if settings.get("loss") in ("mean", "sum"):  # before the loss became a piece, when
+            settings["reduction"] = settings.pop("loss")  # these were nesterov's alone
+            if settings.get("optimizer") != "nesterov":
+                for name in ("momentum", "weight_decay", "bias_scaler", "whiten_bias_epochs"):
+                    settings.pop(name, None)
+        for kind, names in settings.pop("imports", {}).items():
+            for name, path in names.items():
+                _reimport(kind, name, path)
+        # A setting none of the run's pieces takes was a default then (runs before pieces).
+        pieces = _pieces_of(settings)
+        return cls(**{k: v for k, v in settings.items()
+                      if k not in PIECE_SETTINGS or _takers(k, pieces)})
 
     @classmethod
     def load(cls, workdir):
@@ -172,8 +378,51 @@ class Config:
         try:
             with open(path) as f:
                 return cls.from_json(f.read())
-        except (ValueError, TypeError) as e:  # ConfigError is a ValueError too
+        except ExtensionError:
+            raise
+        except (ValueError, TypeError, AttributeError) as e:  # ConfigError is a ValueError too
             raise ConfigError(f"{path} is damaged ({e})") from None
+
+
+def _augmentations(augment):
+    return tuple(name.strip() for name in augment.split(",") if name.strip())
+
+
+def _pieces(optimizer, loss, augment):
+    """((kind, name), object) of the optimiser, the loss and each augmentation, in that order:
+    where a setting's default comes from. Unknown or unimportable names are ExtensionErrors."""
+    names = _augmentations(augment)
+    repeated = [name for i, name in enumerate(names) if name in names[:i]]
+    if repeated:
+        raise ConfigError(f"augmentation {repeated[0]!r} is listed twice in augment {augment!r}")
+    return [((kind, name), lookup(kind, name).obj)
+            for kind, name in (("optimizer", optimizer), ("loss", loss),
+                               *(("augmentation", name) for name in names))]
+
+
+def _pieces_of(settings):
+    """`_pieces` of a dict of settings, the defaults standing in for those it lacks."""
+    return _pieces(*(settings.get(name, FIELDS[name].default)
+                     for name in ("optimizer", "loss", "augment")))
+
+
+def _takers(setting, pieces):
+    return [piece for piece, fn in pieces if setting in parameters(fn)]
+
+
+def _reimport(kind, name, path):
+    """Register `name` again from `path`, as config.json recorded it, unless it is registered
+    already (importing its module may register it itself)."""
+    if name in REGISTRY[kind]:
+        return
+    if path is None or path.startswith("__main__:"):
+        raise ExtensionError(f"{kind} {name!r} of this run was defined in __main__ (a script or a "
+                             "notebook) or inside a function, which another process cannot "
+                             "import: move it into a module on PYTHONPATH, and register it there "
+                             "or name it as module:attribute")
+    obj = _import(kind, path)
+    if name not in REGISTRY[kind]:
+        _register(kind, name, obj)
 
 
 def _number(value, kind):
@@ -181,21 +430,28 @@ def _number(value, kind):
     return not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
 
 
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Settings a resumed run may change: the results do not depend on them.
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["runtime"])
+# The pieces' hyperparameters: None means the piece's own default.
+PIECE_SETTINGS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["piece"])
 
 
 def default_text(name):
     """How `--help` states a field's default: its value, then the recipes that differ
     ("10; mlp: 5, airbench94: 9.9"), or None where the help text says it all."""
-    if name == "learning_rate":
-        return "; ".join(f"{optimizer}: {lr}" for optimizer, lr in LEARNING_RATES.items())
-    base = next(f.default for f in dataclasses.fields(Config) if f.name == name)
-    others = {model: recipe[name] for model, recipe in RECIPES.items()
-              if recipe.get(name, base) != base}
+    base = FIELDS[name].default
+    others = {model: entry.recipe[name] for model, entry in REGISTRY["model"].items()
+              if entry.recipe.get(name, base) != base}
+    show = lambda value: "none" if value == "" else str(value)
+    if name == "learning_rate" or name in PIECE_SETTINGS:  # the pieces' own defaults
+        owners = [(piece, default_of(entry.obj, name))
+                  for kind in ("optimizer", "loss", "augmentation")
+                  for piece, entry in REGISTRY[kind].items() if name in parameters(entry.obj)]
+        return "; ".join([*(f"{piece}: {value}" for piece, value in owners if value is not None),
+                          *(f"{model}: {show(v)}" for model, v in others.items())]) or None
     if isinstance(base, bool):  # a switch
         return f"off; on for {', '.join(others)}" if others and not base else None
     if base is None:
         return None
-    show = lambda value: "none" if value == "" else str(value)
     return "; ".join([show(base), *(f"{model}: {show(v)}" for model, v in others.items())])

@@ -1,6 +1,7 @@
-"""Optimisers, learning-rate schedules and lookahead, built from Optax.
+"""Optimiser parts, learning-rate schedules and lookahead, built from Optax: the pieces recipes
+assemble (`cifar_jax/recipes/`), reusable by any model.
 
-Lower modules take plain values, not the config: `train.py` reads the recipe and passes them.
+Lower modules take plain values, not the config: `state.py` reads the recipe and passes them.
 """
 
 from typing import NamedTuple
@@ -9,28 +10,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# The tutorial's optimisers: name -> optax factory taking the learning rate (Keras's defaults).
-OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
-
-
 # --------------------------------------------------------------------------------------------
-# The airbench94 recipe (KellerJordan/cifar10-airbench, legacy/airbench94.py), in Optax.
+# airbench94's optimiser parts (KellerJordan/cifar10-airbench, legacy/airbench94.py), in Optax.
 #
 # Three pieces, each a faithful port of the PyTorch original's `main()`:
 #   warmup_decay_schedule  the LambdaLR multiplier `get_lr(step)`
-#   airbench_sgd           torch.optim.SGD(nesterov=True) with its parameter groups, scheduled
+#   airbench_sgd           torch.optim.SGD(nesterov=True) with its parameter groups
 #   lookahead_*            LookaheadState: every 5 steps, params <- ema <- lerp(ema, params)
 # --------------------------------------------------------------------------------------------
 
 # The labels `airbench_param_labels` gives, i.e. the groups `airbench_sgd` optimises apart.
 WHITEN_KERNEL = "whiten_kernel"  # the whitening stem's filters: fixed, never trained
-WHITEN_BIAS = "whiten_bias"  # the stem's bias: trained for the first 3 epochs only
+WHITEN_BIAS = "whiten_bias"  # the stem's bias: trained for the first epochs only
 NORM_BIAS = "norm_bias"  # BatchNorm biases: 64x the learning rate, same absolute decay
 OTHER = "other"  # everything else: the convolutions and the head
-
-# The original trains the stem bias for this many epochs (hyp['opt']['whiten_bias_epochs']).
-WHITEN_BIAS_EPOCHS = 3
-CIFAR10_TRAIN_IMAGES = 50_000
 
 
 def warmup_decay_schedule(total_steps, warmup_fraction=0.23, start=0.2, peak=1.0, end=0.07):
@@ -85,8 +78,7 @@ class SGDCoefficients(NamedTuple):
     weight_decay: float
 
 
-def airbench_coefficients(lr=11.5, momentum=0.85, weight_decay=0.0153, batch_size=1024,
-                          bias_scaler=64.0):
+def airbench_coefficients(lr, momentum, weight_decay, batch_size, bias_scaler):
     """Converts airbench's decoupled `lr` (per 1024 examples) and `weight_decay` (per 1024
     examples) into PyTorch SGD's, exactly as the original's `main()` does.
 
@@ -164,13 +156,13 @@ def _torch_sgd(learning_rate, decay_coefficient, momentum):
 _partition = getattr(optax, "partition", None) or optax.multi_transform
 
 
-def airbench_sgd(total_steps, *, lr=11.5, momentum=0.85, weight_decay=0.0153,
-                 batch_size=1024, bias_scaler=64.0, whiten_bias_steps=None, multiplier=None):
-    """The airbench94 optimiser: Nesterov SGD with its parameter groups and LR schedule.
+def airbench_sgd(*, lr, momentum, weight_decay, batch_size, bias_scaler, whiten_bias_steps):
+    """airbench94's optimiser: Nesterov SGD with its parameter groups, at a constant rate.
 
     Equivalent to the original's `torch.optim.SGD(param_configs, momentum, nesterov=True)`
-    under `LambdaLR(get_lr)`, stepped `total_steps` times, over a Flax params tree of the
-    airbench network. Groups (see `airbench_param_label` for how paths are labelled):
+    over a Flax params tree of the airbench network; its `LambdaLR` schedule is the run's to
+    apply (`scheduled`), by scaling these updates. Groups (see `airbench_param_label` for how
+    paths are labelled):
       - whiten kernel: never updated (the original sets requires_grad=False).
       - whiten bias: as "other" for the first `whiten_bias_steps` updates, then exactly zero
         updates (torch stops giving it a gradient after epoch 3 and skips it; the buffer
@@ -178,11 +170,10 @@ def airbench_sgd(total_steps, *, lr=11.5, momentum=0.85, weight_decay=0.0153,
       - norm biases: lr `lr_biases = lr * bias_scaler`, coupled decay coefficient
         `wd / lr_biases` (the same absolute decay `wd` as every other parameter).
       - other: lr `lr`, coupled decay coefficient `wd / lr`.
-    Each group's lr is multiplied by `warmup_decay_schedule(total_steps)(count)`; its decay
-    coefficient is not, so the decay shrinks with the schedule (torch's lr_t * wd * p).
+    A schedule multiplies each group's lr but not its decay coefficient, so the decay shrinks
+    with it (torch's lr_t * wd * p).
 
     Args (units as the original's `hyp['opt']`):
-      total_steps: optimiser steps in the run (476 for 9.9 epochs of 48 batches).
       lr: learning rate per 1024 examples, decoupled from momentum (see
         `airbench_coefficients`). The gradients given to `update` must be those of the loss
         *summed* over the batch, as the original's, not averaged.
@@ -190,33 +181,20 @@ def airbench_sgd(total_steps, *, lr=11.5, momentum=0.85, weight_decay=0.0153,
       weight_decay: decay per 1024 examples, decoupled from the lr.
       batch_size: examples per step (scales the decay, as the original).
       bias_scaler: the norm biases' lr multiplier.
-      multiplier: the learning-rate multiplier schedule; None: `warmup_decay_schedule`.
-      whiten_bias_steps: updates during which the stem bias trains; None: 3 epochs of
-        CIFAR-10's 50,000 training images at `batch_size`, the last partial batch dropped
-        (3 * 48 = 144 at 1024). Pass `3 * steps_per_epoch` when the data differ.
+      whiten_bias_steps: updates during which the stem bias trains (3 epochs' in the original).
     """
-    if whiten_bias_steps is None:
-        whiten_bias_steps = WHITEN_BIAS_EPOCHS * (CIFAR10_TRAIN_IMAGES // batch_size)
-
     coef = airbench_coefficients(lr, momentum, weight_decay, batch_size, bias_scaler)
-    multiplier = multiplier or warmup_decay_schedule(total_steps)
-
-    def scheduled(group_lr):
-        return lambda count: group_lr * multiplier(count)
-
-    # Freezing the stem bias as a learning rate that drops to 0 at `whiten_bias_steps`:
-    # -0 * g leaves the parameter bit-for-bit unchanged.
-    whiten_bias_lr = optax.join_schedules(
-        [scheduled(coef.lr), optax.constant_schedule(0.0)], boundaries=[whiten_bias_steps]
-    )
+    # The stem bias steps as "other" (x 1.0, exactly), then its updates are x 0.0 from update
+    # `whiten_bias_steps` on, which leaves the parameter bit-for-bit unchanged.
+    until_frozen = optax.scale_by_schedule(lambda count: jnp.where(count < whiten_bias_steps,
+                                                                   1.0, 0.0))
     return _partition(
         {
             WHITEN_KERNEL: optax.set_to_zero(),
-            WHITEN_BIAS: _torch_sgd(whiten_bias_lr, coef.weight_decay / coef.lr, momentum),
-            NORM_BIAS: _torch_sgd(
-                scheduled(coef.lr_biases), coef.weight_decay / coef.lr_biases, momentum
-            ),
-            OTHER: _torch_sgd(scheduled(coef.lr), coef.weight_decay / coef.lr, momentum),
+            WHITEN_BIAS: optax.chain(
+                _torch_sgd(coef.lr, coef.weight_decay / coef.lr, momentum), until_frozen),
+            NORM_BIAS: _torch_sgd(coef.lr_biases, coef.weight_decay / coef.lr_biases, momentum),
+            OTHER: _torch_sgd(coef.lr, coef.weight_decay / coef.lr, momentum),
         },
         airbench_param_labels,
     )
@@ -300,32 +278,23 @@ def lookahead_step(ema, current, step, total_steps, every=5):
     )
 
 
-# --- From a recipe's settings ---------------------------------------------------------------
+# --- The run's schedule ----------------------------------------------------------------------
 
+# name -> (total_steps -> the learning-rate multiplier at optimiser step `count`)
 SCHEDULES = {"constant": lambda total_steps: lambda count: 1.0,
              "warmup_decay": warmup_decay_schedule}
 
 
-def make(name, learning_rate, *, total_steps, schedule, momentum, weight_decay, batch_size,
-         bias_scaler, whiten_bias_steps):
-    """(optax transformation, learning rate at step s) for the optimiser `name`, every setting
-    given (their defaults live in `config.Config`).
+def scheduled(tx, schedule, total_steps):
+    """`tx` with its learning rate scheduled: its updates multiplied by the schedule's
+    multiplier at each step (`optax.scale_by_schedule`).
 
-    sgd and adam: Optax's, at `learning_rate` times the schedule's multiplier (a constant
-    learning rate is passed as a number, as the tutorial always has). nesterov: `airbench_sgd`,
-    `learning_rate` in its units (per 1024 examples of the summed loss); the rate logged is the
-    SGD rate of its "other" group.
+    An optimiser's update is proportional to its learning rate (Optax's end in
+    `scale_by_learning_rate`; airbench's coupled decay coefficient is fixed by the base rate),
+    so this equals building it with the scheduled rate, but for rounding; and the optimiser
+    keeps a plain number for its rate. "constant" leaves `tx` as it is: the tutorial's
+    optimisers run exactly as before.
     """
-    multiplier = SCHEDULES[schedule](total_steps)
-    if name == "nesterov":
-        tx = airbench_sgd(total_steps, lr=learning_rate, momentum=momentum,
-                          weight_decay=weight_decay, batch_size=batch_size,
-                          bias_scaler=bias_scaler, whiten_bias_steps=whiten_bias_steps,
-                          multiplier=multiplier)
-        base = airbench_coefficients(learning_rate, momentum, weight_decay, batch_size,
-                                     bias_scaler).lr
-        return tx, lambda step: base * float(multiplier(step))
     if schedule == "constant":
-        return OPTIMIZERS[name](learning_rate), lambda step: learning_rate
-    scheduled = lambda count: learning_rate * multiplier(count)
-    return OPTIMIZERS[name](scheduled), lambda step: float(scheduled(step))
+        return tx
+    return optax.chain(tx, optax.scale_by_schedule(SCHEDULES[schedule](total_steps)))

@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cifar_jax import checkpoint, models, run, steps
 from cifar_jax.cli import OneLineParser, nonnegative_int
+from cifar_jax.config import ConfigError
 from cifar_jax.data import CLASS_NAMES, IMAGE_SHAPE, to_float
 
 
@@ -87,6 +88,9 @@ def main(argv=None):
             failed += 1
     try:
         config, model, variables = load_run(args.workdir, args.member)
+    except ConfigError as e:  # a piece of the run that cannot be imported again
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except run.RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -20,8 +20,8 @@ import socket
 import jax
 from tensorboardX import SummaryWriter
 
-from cifar_jax import checkpoint, parallel, state
-from cifar_jax.config import RUNTIME_FIELDS, Config, ConfigError
+from cifar_jax import checkpoint, contracts, parallel, state
+from cifar_jax.config import RUNTIME_FIELDS, Config, ConfigError, ExtensionError
 
 # metrics.jsonl key -> TensorBoard tag
 TENSORBOARD_TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
@@ -41,6 +41,8 @@ def resumed_config(workdir):
     """The settings of the run in `workdir`, which --resume continues."""
     try:
         return Config.load(workdir)
+    except ExtensionError:
+        raise
     except ConfigError as e:
         raise ConfigError(f"nothing to resume: {e}; start the run without --resume") from None
 
@@ -215,8 +217,11 @@ def load_state(workdir, epoch=None, member=None):
     multi-seed run, its stacked state, or model `member`'s (0-based) alone."""
     try:
         config = Config.load(workdir)
+    except ExtensionError:
+        raise  # a piece of the run cannot be imported again: a usage error, named as such
     except ConfigError as e:
         raise RunError(f"{e}: pass the --workdir of a `python -m cifar_jax.train` run") from None
+    contracts.check(config)
     key = jax.random.key(0)
     like = state.from_config(config, jax.random.split(key, config.num_seeds)
                              if config.num_seeds > 1 else key)

@@ -2,6 +2,7 @@
 the lookahead average and the step, as one pytree that jit donates, Orbax saves and vmap can
 batch; and building a fresh one from a run's config."""
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import optax
 from flax import struct
 
 from cifar_jax import models, optim
+from cifar_jax.config import CONTRACTS, ExtensionError, call, lookup, parameters
 from cifar_jax.data import IMAGE_SHAPE
 from cifar_jax.steps import StepRecipe
 
@@ -53,12 +55,13 @@ def _init_variables(model, rng):
     return model.init(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False)
 
 
-def create(model, tx, rng, recipe=DEFAULT_RECIPE, init_from_data=None, images=None):
-    """A fresh state: `model` initialised from `rng` on one image (then by `init_from_data`
-    from the training `images`, when both are given), and `tx`'s state for its params."""
+def create(model, tx, rng, recipe=DEFAULT_RECIPE, images=None):
+    """A fresh state: `model` initialised from `rng` on one image (then, where the model has
+    an `init_from_data` method and the training `images` are given, from them), and `tx`'s
+    state for its params."""
     variables = _init_variables(model, rng)
-    if init_from_data is not None and images is not None:
-        variables = init_from_data(variables, images)
+    if images is not None and hasattr(model, "init_from_data"):
+        variables = model.init_from_data(variables, images)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     # A copy, not the same buffers: jit donates the whole state, and a buffer can go only once.
     ema = (jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
@@ -89,14 +92,34 @@ def run_length(config, n_train):
     return per_epoch, math.ceil(per_epoch * config.epochs)
 
 
+def settings(config):
+    """The settings a piece may name (`config.call`): every field of `config` that is set."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
+
+
 def optimizer(config, n_train):
-    """(optax transformation, learning rate at step s) of `config`'s recipe."""
+    """(optax transformation, learning rate at step s) of `config`'s recipe: its optimiser,
+    given the settings its signature names and the run's length, with the run's schedule."""
     per_epoch, total = run_length(config, n_train)
-    return optim.make(config.optimizer, config.learning_rate, total_steps=total,
-                      schedule=config.schedule, momentum=config.momentum,
-                      weight_decay=config.weight_decay, batch_size=config.batch_size,
-                      bias_scaler=config.bias_scaler,
-                      whiten_bias_steps=round(config.whiten_bias_epochs * per_epoch))
+    named = {k: v for k, v in settings(config).items() if k != "learning_rate"}  # the first
+    tx = call(lookup("optimizer", config.optimizer).obj, config.learning_rate, **named,
+              total_steps=total, steps_per_epoch=per_epoch)
+    if not isinstance(tx, optax.GradientTransformation):
+        raise ExtensionError(f"optimizer {config.optimizer!r} returned a {type(tx).__name__}, not "
+                             f"an optax.GradientTransformation; expected {CONTRACTS['optimizer']}")
+    multiplier = optim.SCHEDULES[config.schedule](total)
+    return (optim.scheduled(tx, config.schedule, total),
+            lambda step: config.learning_rate * float(multiplier(step)))
+
+
+def step_recipe(config, n_train):
+    """The `StepRecipe` of `config`: its loss and augmentations, the settings they name."""
+    named = set(parameters(lookup("loss", config.loss).obj)).union(
+        *(parameters(lookup("augmentation", name).obj) for name in config.augmentations))
+    return StepRecipe(
+        loss=config.loss, reduction=config.reduction, augment=config.augmentations,
+        settings=tuple(sorted((k, v) for k, v in settings(config).items() if k in named)),
+        lookahead_steps=run_length(config, n_train)[1] if config.lookahead else 0)
 
 
 def from_config(config, rng, n_train=50_000, images=None):
@@ -108,11 +131,5 @@ def from_config(config, rng, n_train=50_000, images=None):
     """
     if rng.ndim:
         return jax.vmap(lambda key: from_config(config, key, n_train, images))(rng)
-    entry = models.MODELS[config.model]
-    recipe = StepRecipe(
-        loss=config.loss, label_smoothing=config.label_smoothing,
-        augment=config.augmentations, translate_pad=config.translate_pad,
-        cutout_size=config.cutout_size,
-        lookahead_steps=run_length(config, n_train)[1] if config.lookahead else 0)
-    return create(entry.build(jnp.dtype(config.dtype)), optimizer(config, n_train)[0], rng,
-                  recipe, entry.init_from_data, images)
+    return create(models.build(config.model, config.dtype), optimizer(config, n_train)[0], rng,
+                  step_recipe(config, n_train), images)

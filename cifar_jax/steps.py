@@ -1,7 +1,7 @@
 """The pure train and eval steps, and the compiled loops that run them over batches."""
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -9,23 +9,25 @@ import numpy as np
 import optax
 
 from cifar_jax import augment, optim
+from cifar_jax.config import call, lookup
 from cifar_jax.data import to_float
 
 
 class StepRecipe(NamedTuple):
     """How a train step trains, fixed for a run (a static part of the train state).
 
-    loss: "mean" or "sum" of the per-example cross-entropy over the batch's real examples;
-    label_smoothing: of the targets; augment: names from `augment.AUGMENTATIONS`, applied on
-    the device to each batch; lookahead_steps: the run's length for lookahead's schedule
-    (0: no lookahead).
+    loss: the per-example loss's name (registered, or an import path); reduction: "mean" or
+    "sum" of it over the batch's real examples; augment: the augmentations' names, applied on
+    the device to each batch in that order; settings: (name, value) pairs of the settings the
+    loss and the augmentations name (label_smoothing, translate_pad, ...); lookahead_steps: the
+    run's length for lookahead's schedule (0: no lookahead). Names and plain values only, so
+    that equal recipes share one compiled step.
     """
 
-    loss: str = "mean"
-    label_smoothing: float = 0.0
+    loss: str = "cross_entropy"
+    reduction: str = "mean"
     augment: tuple[str, ...] = ()
-    translate_pad: int = 2
-    cutout_size: int = 8
+    settings: tuple[tuple[str, Any], ...] = ()
     lookahead_steps: int = 0
 
 
@@ -38,7 +40,8 @@ def _metrics(logits, losses, batch):
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
-    """Per-example cross-entropy with integer labels, against smoothed targets if asked."""
+    """Per-example cross-entropy with integer labels, against smoothed targets if asked (the
+    built-in loss; the test loss is always the plain one)."""
     if not label_smoothing:
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
@@ -49,27 +52,28 @@ def train_step(state, batch, key):
     """One optimiser step on `batch` = {image uint8 [B,32,32,3], label [B], mask [B], index [B]
     (positions in the training set), epoch (0-based)}, as `state.recipe` says.
 
-    With the "mean" loss, a padded partial batch trains exactly as Keras trains its short last
-    batch. `key` is the run's key: this step draws from `fold_in(key, step)` (augmentation,
-    dropout), and the alternating flip from a part of it that stays the same all run, so a
-    resumed run draws exactly as an uninterrupted one.
+    With the "mean" reduction, a padded partial batch trains exactly as Keras trains its short
+    last batch. `key` is the run's key: this step draws from `fold_in(key, step)`
+    (augmentation, dropout), and augmentations that ask for a run key (the alternating flip)
+    from a part of it that stays the same all run, so a resumed run draws exactly as an
+    uninterrupted one.
     """
-    recipe = state.recipe
-    flip_key, step_keys = jax.random.split(key)
+    recipe, settings = state.recipe, dict(state.recipe.settings)
+    run_key, step_keys = jax.random.split(key)
     augment_key, dropout_key = jax.random.split(jax.random.fold_in(step_keys, state.step))
     images = batch["image"]
     if recipe.augment:  # on the uint8 pixels: the same result, a quarter of the memory traffic
-        images = augment.augment(images, augment_key, recipe.augment, indices=batch["index"],
-                                 epoch=batch["epoch"], flip_key=flip_key,
-                                 translate_pad=recipe.translate_pad, cutout_size=recipe.cutout_size)
+        images = augment.apply(images, recipe.augment, augment_key, run_key,
+                               indices=batch["index"], epoch=batch["epoch"], settings=settings)
+    per_example_loss = lookup("loss", recipe.loss).obj
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, to_float(images), train=True,
             rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-        losses = cross_entropy(logits, batch["label"], recipe.label_smoothing)
+        losses = call(per_example_loss, logits, batch["label"], **settings)
         loss = (losses * batch["mask"]).sum()
-        if recipe.loss == "mean":
+        if recipe.reduction == "mean":
             loss = loss / batch["mask"].sum()
         return loss, (logits, losses, updates.get("batch_stats", {}))
 

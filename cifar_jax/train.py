@@ -18,7 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from cifar_jax import checkpoint, data, evaluate, parallel, report, run, signals, steps
+from cifar_jax import (
+    checkpoint,
+    contracts,
+    data,
+    evaluate,
+    parallel,
+    report,
+    run,
+    signals,
+    steps,
+)
 from cifar_jax import seeds as multi_seed
 from cifar_jax import state as train_state
 from cifar_jax.cli import OneLineParser, add_config_flags, config_overrides
@@ -56,6 +66,13 @@ def seed_keys(seed):
     root = jax.random.key(seed)
     init_key, data_key = jax.random.split(root)
     return init_key, data_key, jax.random.fold_in(root, 2)
+
+
+def default_workdir(config):
+    """runs/MODEL-DATE-TIME ('module.Class' for an import path), made unique with a suffix."""
+    base = os.path.join("runs", f"{config.model.replace(':', '.')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return next(path for path in (base, *(f"{base}-{i}" for i in range(2, 1000)))
+                if not os.path.exists(path))
 
 
 def resume_command(workdir):
@@ -178,6 +195,7 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
         run.check_resumable(config, workdir)
     else:
         run.check_new(workdir)
+    contracts.check(config)  # a user's piece that breaks its contract: one line, nothing written
     created = not os.path.isdir(workdir)
     with run.lock(workdir) if is_main_process else contextlib.nullcontext():
         if not resume:
@@ -188,6 +206,11 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
             print(f"training {config.model} ({config.optimizer}, lr {config.learning_rate}, "
                   f"{config.epochs:g} epoch{'s' if config.epochs != 1 else ''}, batch "
                   f"{config.batch_size}, {config.dtype}) -> {workdir}", flush=True)
+            for kind, name in contracts.not_importable(config):
+                print(f"note: {kind} {name!r} is defined in __main__ (a script or a notebook) or "
+                      "inside a function: this run trains, but --resume, evaluate and predict in "
+                      "another process need it in a module on PYTHONPATH, registered there or "
+                      "named as module:attribute", file=sys.stderr, flush=True)
         try:
             splits = data.load_cifar10(config.data_dir, config.download, config.archive)
             n_train = len(splits["train"][1])
@@ -325,10 +348,10 @@ def _writing(workdir):
 def parse_args(argv=None):
     p = OneLineParser(
         prog="python -m cifar_jax.train",
-        description="Train a CIFAR-10 classifier with JAX (the Keras tutorial's MLP or CNN, or the "
-                    "airbench94 recipe), "
-                    "evaluate it on the test set after every epoch, and write metrics, "
-                    "TensorBoard events, plots and checkpoints to --workdir.")
+        description="Train a CIFAR-10 classifier with JAX (the Keras tutorial's MLP or CNN, the "
+                    "airbench94 recipe, or your own model, optimiser, augmentation and loss, "
+                    "named as module:attribute), evaluate it on the test set after every epoch, "
+                    "and write metrics, TensorBoard events, plots and checkpoints to --workdir.")
     add_config_flags(p)
     p.add_argument("--workdir", help="where the run's files go; must be new or empty unless "
                                      "--resume (default: runs/MODEL-DATE-TIME)")
@@ -356,7 +379,7 @@ def main(argv=None):
             config = dataclasses.replace(run.resumed_config(workdir), **overrides)
         else:
             config = Config.for_model(**overrides)
-        workdir = workdir or os.path.join("runs", f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        workdir = workdir or default_workdir(config)
         print(describe_devices(), flush=True)
         with signals.stop_on_signals() as stop:
             history = train_and_evaluate(config, workdir, progress=args.progress,

@@ -8,7 +8,10 @@ import jax
 import pytest
 import tensorflow_datasets as tfds
 
-from cifar_jax.config import Config
+from cifar_jax import config as registries
+from cifar_jax import register_model
+from cifar_jax.config import REGISTRY, Config
+from cifar_jax.models.airbench import AirbenchNet
 from cifar_jax.train import train_and_evaluate
 
 MOCK_EXAMPLES = 70  # per split: two full batches of 32 and a partial one of 6
@@ -25,6 +28,36 @@ def pytest_configure(config):
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         jax.config.update("jax_compilation_cache_dir", cache)  # this process imported jax already
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+@pytest.fixture(autouse=True)
+def registries_as_they_were():
+    """What a test registers (or imports by path) is gone after it: the registries are global,
+    as in a user's process, and the tests share processes."""
+    saved = {name: {kind: dict(entries) for kind, entries in getattr(registries, name).items()}
+             for name in ("REGISTRY", "_IMPORTED")}
+    yield
+    for name, kinds in saved.items():
+        for kind, entries in kinds.items():
+            getattr(registries, name)[kind].clear()
+            getattr(registries, name)[kind].update(entries)
+
+
+def narrow_airbench(dtype):
+    """The airbench network, narrow, so that a test compiles in seconds."""
+    return AirbenchNet(widths=(16, 32, 32), dtype=dtype)
+
+
+def register_narrow_airbench():
+    """The airbench94 recipe with the narrow net as "airbench94_narrow", registered as a user
+    would register a model."""
+    register_model("airbench94_narrow", narrow_airbench, **REGISTRY["model"]["airbench94"].recipe)
+
+
+@pytest.fixture
+def narrow():
+    """airbench94_narrow, registered for one test."""
+    register_narrow_airbench()
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ def _forward(model, variables, x):
     return model.apply(variables, x, train=False), train_logits, updates
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not per module: xdist may interleave modules
 def small():
     """A narrow net, its variables as initialised, the same with a whitened stem and non-zero
     biases, and a batch."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cifar_jax import augment as aug
+from cifar_jax.config import REGISTRY, ExtensionError
 
 KEY = jax.random.key(0)
 B = 512  # big enough for the statistical checks, small enough for numpy loops
@@ -182,64 +183,61 @@ def test_cutout_size_zero_is_identity():
     np.testing.assert_array_equal(np.asarray(aug.cutout(x8, KEY, 0)), x8)
 
 
-# ---------------------------------------------------------------- augment
+# ---------------------------------------------------------------- apply: names, order, keys
 
 
-def _manual(x, key, names, indices, epoch, flip_key):
-    """The documented composition: registry order, op k drawing from fold_in(key, k).
-
-    Pad 2 and size 8; reuses the jitted functions above (same shapes: no new compilation).
-    """
+def _manual(x, key, run_key, names, indices, epoch):
+    """The documented composition: in the order given, augmentation k drawing from
+    fold_in(key, k) (and the alternating flip from fold_in(run_key, k)). Pad 2 and size 8;
+    reuses the jitted functions above (same shapes: no new compilation)."""
     fold = jax.random.fold_in
-    if "flip" in names:
-        x = _np_flip(x, _flip_both(x, x.astype(np.float32), fold(key, 0))[2])
-    if "alternating_flip" in names:
-        x = _np_flip(x, _np_base(fold(flip_key, 1), indices) ^ (epoch % 2 == 1))
-    if "translate" in names:
-        x = _np_translate(x, _translate_both(x, x.astype(np.float32), fold(key, 2), pad=2)[2], 2)
-    if "cutout" in names:
-        x = _np_cutout(x, _cutout_both(x, x.astype(np.float32), fold(key, 3))[2], 8)
+    for k, name in enumerate(names):
+        if name == "flip":
+            x = _np_flip(x, _flip_both(x, x.astype(np.float32), fold(key, k))[2])
+        elif name == "alternating_flip":
+            x = _np_flip(x, _np_base(fold(run_key, k), indices) ^ (epoch % 2 == 1))
+        elif name == "translate":
+            x = _np_translate(x, _translate_both(x, x.astype(np.float32), fold(key, k),
+                                                 pad=2)[2], 2)
+        elif name == "cutout":
+            x = _np_cutout(x, _cutout_both(x, x.astype(np.float32), fold(key, k))[2], 8)
     return x
 
 
-_augment = jax.jit(aug.augment, static_argnames=("names", "translate_pad", "cutout_size"))
+@functools.partial(jax.jit, static_argnames="names")
+def _apply(x, key, run_key, indices, epoch, names):
+    return aug.apply(x, names, key, run_key, indices=indices, epoch=epoch,
+                     settings={"translate_pad": 2, "cutout_size": 8})
 
 
-def test_registry_order():
-    assert list(aug.AUGMENTATIONS) == ["flip", "alternating_flip", "translate", "cutout"]
+def test_the_built_in_augmentations_are_registered_as_a_users_would_be():
+    assert list(REGISTRY["augmentation"]) == ["flip", "alternating_flip", "translate", "cutout"]
+    assert REGISTRY["augmentation"]["translate"].obj is aug.random_translate
 
 
 @pytest.mark.parametrize(
     "names",
     [
-        ("cutout", "translate", "alternating_flip", "flip"),  # applied in registry order
-        ("translate",),  # alone it draws as it did after the flips: fold_in(key, 2)
+        ("cutout", "translate", "alternating_flip", "flip"),  # applied in the order given
+        ("translate",),  # alone, first: it draws from fold_in(key, 0)
     ],
 )
-def test_augment_composition_and_keys(names):
+def test_apply_order_and_keys(names):
     x8, _ = _images(seed=1)
     indices = np.random.default_rng(3).permutation(50_000)[:B]
-    key, flip_key = jax.random.key(7), jax.random.key(8)
-    kw = {"indices": indices, "flip_key": flip_key, "translate_pad": 2, "cutout_size": 8}
-    y = _augment(x8, key, names, epoch=jnp.int32(3), **kw)  # jitted, names static, epoch traced
+    key, run_key = jax.random.key(7), jax.random.key(8)
+    y = _apply(x8, key, run_key, indices, jnp.int32(3), names)  # names static, epoch traced
     assert y.dtype == np.uint8
-    np.testing.assert_array_equal(np.asarray(y), _manual(x8, key, names, indices, 3, flip_key))
+    np.testing.assert_array_equal(np.asarray(y), _manual(x8, key, run_key, names, indices, 3))
 
 
-def test_augment_no_names_and_one_name_as_string():
+def test_apply_no_names_is_identity():
     x8, _ = _images(4)
-    np.testing.assert_array_equal(np.asarray(aug.augment(x8, KEY, ())), x8)
-    assert aug._check_names("flip") == aug._check_names(("flip",)) == {"flip"}
+    np.testing.assert_array_equal(np.asarray(aug.apply(x8, (), KEY, KEY)), x8)
 
 
-def test_augment_errors():
-    x = jnp.zeros((2, 32, 32, 3), jnp.uint8)
-    with pytest.raises(ValueError) as err:
-        aug.augment(x, KEY, ("flip", "mixup"))
-    assert str(err.value) == (
-        "unknown augmentation 'mixup'; choose from: flip, alternating_flip, translate, cutout"
-    )
-    with pytest.raises(ValueError, match="alternating_flip needs indices="):
-        aug.augment(x, KEY, ("alternating_flip",), flip_key=KEY)
-    with pytest.raises(ValueError, match="alternating_flip needs indices="):
-        aug.augment(x, KEY, ("alternating_flip",), indices=jnp.arange(2))
+def test_apply_names_an_unknown_augmentation():
+    with pytest.raises(ExtensionError) as err:
+        aug.apply(jnp.zeros((2, 32, 32, 3), jnp.uint8), ("flip", "mixup"), KEY, KEY)
+    assert str(err.value) == ("unknown augmentation 'mixup': choose one of flip, alternating_flip, "
+                              "translate, cutout, or name yours as module:attribute")

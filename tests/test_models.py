@@ -1,3 +1,5 @@
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,7 @@ def n_params(params):
 
 @pytest.mark.parametrize("model, expected", [(MLP(), 12_230_010), (CNN(), 167_562)])
 def test_parameter_counts_match_keras(model, expected):
-    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))  # shapes
     assert n_params(params) == expected
 
 
@@ -35,7 +37,7 @@ def test_models_map_images_to_ten_logits(model):
 
 
 def test_cnn_shapes_follow_valid_padding():
-    params = CNN().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.eval_shape(CNN().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     assert params["Conv_0"]["kernel"].shape == (3, 3, 3, 32)
     assert params["Conv_1"]["kernel"].shape == (3, 3, 32, 64)
     assert params["Dense_0"]["kernel"].shape == (6 * 6 * 64, 64)  # 32 -> 30 -> 15 -> 13 -> 6
@@ -78,6 +80,7 @@ def test_same_padding_for_pool_is_same_conv_then_pool_with_its_gradients(size, p
     w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
     assert same_padding_for_pool(size, 3) == padding
 
+    @functools.partial(jax.jit, static_argnums=2)  # one compiled program, not one per operation
     def pooled(x, w, padding):
         return max_pool_2x2(lax.conv_general_dilated(x, w, (1, 1), padding,
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC")))
@@ -86,7 +89,8 @@ def test_same_padding_for_pool_is_same_conv_then_pool_with_its_gradients(size, p
     assert ours.shape == (2, size[0] // 2, size[1] // 2, 5)
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
     g = jax.random.normal(jax.random.key(2), ref.shape)
-    grads = lambda padding: jax.grad(lambda x, w: (pooled(x, w, padding) * g).sum(), (0, 1))(x, w)
+    grads = lambda padding: jax.jit(jax.grad(lambda x, w: (pooled(x, w, padding) * g).sum(),
+                                             (0, 1)))(x, w)
     for a, b in zip(grads(padding), grads("SAME")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -143,8 +147,9 @@ def test_cnn_equals_the_textbook_cnn_and_its_gradients():
         logits = model.apply(params, x)
         return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean(), logits
 
-    (ours, ours_logits), ours_grads = jax.value_and_grad(loss, 1, has_aux=True)(CNN(), params)
-    (ref, ref_logits), ref_grads = jax.value_and_grad(loss, 1, has_aux=True)(TextbookCNN(), params)
+    value_and_grad = jax.jit(jax.value_and_grad(loss, 1, has_aux=True), static_argnums=0)
+    (ours, ours_logits), ours_grads = value_and_grad(CNN(), params)
+    (ref, ref_logits), ref_grads = value_and_grad(TextbookCNN(), params)
     np.testing.assert_allclose(ours_logits, ref_logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
     for name in ("Conv_0", "Conv_1", "Dense_0", "Dense_1"):

@@ -54,7 +54,7 @@ def tfds_order(split, n):
     return sorted(range(n), key=rank)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not per module: xdist may interleave modules
 def prepared(tmp_path_factory):
     """(data dir, archive, what the archive holds) once prepared from the tiny archive."""
     root = tmp_path_factory.mktemp("prepared")

@@ -9,35 +9,32 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import register_narrow_airbench
 from PIL import Image
 
-from cifar_jax import data, evaluate, models, predict, steps
-from cifar_jax.config import Config
-from cifar_jax.models.airbench import AirbenchNet, whitening_kernel
+from cifar_jax import data, evaluate, predict, steps
+from cifar_jax.config import REGISTRY, Config
+from cifar_jax.models.airbench import whitening_kernel
 from cifar_jax.run import load_state
 from cifar_jax.train import train_and_evaluate
 
-pytestmark = pytest.mark.xdist_group("airbench_run")  # one worker builds the shared run
+
+@pytest.fixture
+def config(narrow):
+    """70 mock images, batch 32, drop_last: 2 steps an epoch; 2.5 epochs = 5 steps."""
+    return Config.for_model("airbench94_narrow", batch_size=32, eval_batch_size=32, epochs=2.5)
 
 
-def narrow_airbench(monkeypatch):
-    """The airbench94 entry with a narrow net, so that a test compiles in seconds."""
-    entry = models.MODELS["airbench94"]
-    monkeypatch.setitem(models.MODELS, "airbench94", entry._replace(
-        build=lambda dtype: AirbenchNet(widths=(16, 32, 32), dtype=dtype)))
-
-
-# 70 mock images, batch 32, drop_last: 2 steps an epoch; 2.5 epochs = 5 steps
-CONFIG = Config.for_model("airbench94", batch_size=32, eval_batch_size=32, epochs=2.5)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def airbench_run(tmp_path_factory):
     """A finished 2.5-epoch airbench94 run (narrow net) on mock data: (workdir, history)."""
     workdir = str(tmp_path_factory.mktemp("airbench") / "run")
-    with pytest.MonkeyPatch.context() as monkeypatch, tfds.testing.mock_data(num_examples=70):
-        narrow_airbench(monkeypatch)
-        return workdir, train_and_evaluate(CONFIG, workdir, progress=False)
+    register_narrow_airbench()
+    config = Config.for_model("airbench94_narrow", batch_size=32, eval_batch_size=32, epochs=2.5)
+    with tfds.testing.mock_data(num_examples=70):
+        history = train_and_evaluate(config, workdir, progress=False)
+    del REGISTRY["model"]["airbench94_narrow"]  # each test that reads the run registers it
+    return workdir, history
 
 
 def rows(workdir):
@@ -45,9 +42,8 @@ def rows(workdir):
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in f]
 
 
-def test_recipe_trains_with_its_parts(airbench_run, mock_cifar10, monkeypatch):
+def test_recipe_trains_with_its_parts(airbench_run, narrow, mock_cifar10):
     workdir, history = airbench_run
-    narrow_airbench(monkeypatch)
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert "test_accuracy_tta" in history[-1] and "test_accuracy_tta" not in history[0]
     _, state, epoch = load_state(workdir)
@@ -62,9 +58,8 @@ def test_recipe_trains_with_its_parts(airbench_run, mock_cifar10, monkeypatch):
     assert set(state.batch_stats["group1"]) == {"norm1", "norm2"}
 
 
-def test_recipe_resumes_exactly(airbench_run, mock_cifar10, tmp_path, monkeypatch):
+def test_recipe_resumes_exactly(airbench_run, config, mock_cifar10, tmp_path, monkeypatch):
     whole, _ = airbench_run
-    narrow_airbench(monkeypatch)
     calls, real = [], steps.train_batches
 
     def interrupt_in_epoch_2(*args, **kwargs):
@@ -76,20 +71,19 @@ def test_recipe_resumes_exactly(airbench_run, mock_cifar10, tmp_path, monkeypatc
     cut = str(tmp_path / "cut")
     monkeypatch.setattr(steps, "train_batches", interrupt_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(CONFIG, cut, progress=False)
+        train_and_evaluate(config, cut, progress=False)
     assert len(rows(cut)) == 1
     monkeypatch.setattr(steps, "train_batches", real)
-    train_and_evaluate(CONFIG, cut, progress=False, resume=True)
+    train_and_evaluate(config, cut, progress=False, resume=True)
     assert rows(cut) == rows(whole)
     for a, b in zip(jax.tree.leaves(load_state(cut)[1]), jax.tree.leaves(load_state(whole)[1]),
                     strict=True):
         np.testing.assert_array_equal(a, b)
 
 
-def test_evaluate_reports_the_tta_accuracy_of_the_final_row(airbench_run, mock_cifar10,
-                                                             monkeypatch, capsys):
+def test_evaluate_reports_the_tta_accuracy_of_the_final_row(airbench_run, narrow, mock_cifar10,
+                                                             capsys):
     workdir, history = airbench_run
-    narrow_airbench(monkeypatch)
     assert evaluate.main(["--workdir", workdir, "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got == {key: history[-1][key] for key in ("epoch", "test_loss", "test_accuracy",
@@ -118,14 +112,14 @@ def test_tta_views_are_airbenchs():
                                    rtol=1e-5, atol=1e-6)
 
 
-def test_predict_uses_the_recipes_tta(airbench_run, monkeypatch, tmp_path, capsys):
+def test_predict_uses_the_recipes_tta(airbench_run, narrow, tmp_path, capsys):
     workdir, _ = airbench_run
-    narrow_airbench(monkeypatch)
     image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), np.uint8)
     Image.fromarray(image[0]).save(tmp_path / "a.png")
     assert predict.main(["--workdir", workdir, "--json", str(tmp_path / "a.png")]) == 0
     got = json.loads(capsys.readouterr().out)
     config, model, variables = predict.load_run(workdir)
     assert config.tta == 2
-    expected = jax.nn.softmax(steps.tta_logits(model.apply, variables, image / 255.0, 2))[0]
+    expected = jax.nn.softmax(jax.jit(lambda v, x: steps.tta_logits(model.apply, v, x, 2))(
+        variables, image / 255.0))[0]  # compiled: op by op, six views of a net take seconds
     assert got["probability"] == pytest.approx(float(expected.max()), rel=1e-5)

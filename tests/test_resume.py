@@ -133,6 +133,16 @@ def mock_train(workdir, *extra):
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def resume_here(workdir, capsys):
+    """`mock_train(workdir, "--resume")`, but in this process (only the victim needs one of its
+    own): (exit code, stdout, stderr)."""
+    with tfds.testing.mock_data(num_examples=1500):
+        code = train.main(["--model", "cnn", "--epochs", "3", "--workdir", workdir,
+                           "--no-progress", "--resume"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def wait_for_checkpoint(workdir, epoch, proc):
     path = os.path.join(workdir, "checkpoints", str(epoch))
     deadline = time.time() + 120
@@ -141,7 +151,7 @@ def wait_for_checkpoint(workdir, epoch, proc):
     assert proc.poll() is None, "the run ended before it could be interrupted"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not per module: xdist may interleave modules
 def whole(tmp_path_factory):
     """The run `mock_train` makes, uninterrupted and in-process."""
     workdir = str(tmp_path_factory.mktemp("whole") / "run")
@@ -150,7 +160,7 @@ def whole(tmp_path_factory):
     return workdir
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(whole, tmp_path):
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(whole, tmp_path, capsys):
     cut = str(tmp_path / "cut")
     victim = mock_train(cut)
     wait_for_checkpoint(cut, 1, victim)
@@ -161,15 +171,14 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(whole, tmp_path):
     assert len(rows(cut)) < 3
     assert os.path.exists(os.path.join(cut, ".lock"))  # left behind; it must not block --resume
 
-    resumed = mock_train(cut, "--resume")
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    code, out, err = resume_here(cut, capsys)
+    assert code == 0, err
     assert "resuming after epoch" in out
     assert rows(cut) == rows(whole)
     assert same_params(cut, whole)
 
 
-def test_sigterm_mid_epoch_saves_that_step_and_resume_is_exact(whole, tmp_path):
+def test_sigterm_mid_epoch_saves_that_step_and_resume_is_exact(whole, tmp_path, capsys):
     sig = signal.SIGTERM  # SIGINT takes the same handler (test_reliability)
     cut = str(tmp_path / "cut")
     victim = mock_train(cut)
@@ -185,8 +194,7 @@ def test_sigterm_mid_epoch_saves_that_step_and_resume_is_exact(whole, tmp_path):
         rf"continue with: python -m cifar_jax.train --workdir {re.escape(cut)} --resume", last), last
     assert len(rows(cut)) < 3
 
-    resumed = mock_train(cut, "--resume")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    code, _, err = resume_here(cut, capsys)
+    assert code == 0, err
     assert rows(cut) == rows(whole)
     assert same_params(cut, whole)

@@ -22,7 +22,7 @@ from cifar_jax.train import train_and_evaluate
 KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not per module: xdist may interleave modules
 def two_seeds(tmp_path_factory):
     """A 2-epoch CNN run of seeds 0 and 1 at once, and seed 1 alone: (config, workdir, history,
     seed 1's workdir). Seed 0 alone is `cnn_run`."""

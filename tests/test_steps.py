@@ -1,9 +1,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from cifar_jax import data, optim, steps
+from cifar_jax import data, steps
 from cifar_jax import state as train_state
 from cifar_jax.models import CNN, MLP
 
@@ -16,7 +17,7 @@ def fixed_batch(n=32, seed=0):
 
 
 def new_state(model=None, optimizer="adam", lr=1e-3):
-    return train_state.create(model or CNN(), optim.OPTIMIZERS[optimizer](lr), jax.random.key(0))
+    return train_state.create(model or CNN(), getattr(optax, optimizer)(lr), jax.random.key(0))
 
 
 KEY = jax.random.key(7)

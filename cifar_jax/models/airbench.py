@@ -18,7 +18,8 @@ Initialisation, as PyTorch's: every kernel starts U(-1/sqrt(fan_in), 1/sqrt(fan_
 each convolution's first `in_channels` filters become the identity ("dirac"), so a 3x3 conv
 with as many outputs as inputs starts as exactly the identity. `model.init` gives all of this
 (the stem too, which the original builds with the same Conv class); the stem kernel is then
-replaced from the data with `init_whitening`.
+replaced from the data with `init_whitening` (`AirbenchNet.init_from_data`, which a fresh
+train state applies).
 """
 
 from collections.abc import Callable
@@ -141,6 +142,12 @@ class AirbenchNet(nn.Module):
         x = nn.Dense(self.num_classes, use_bias=False, kernel_init=torch_default_init,
                      dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32) * self.scaling_factor
+
+    @nn.nowrap
+    def init_from_data(self, variables, images):
+        """The whitening stem's filters, from the first 5,000 training `images` (uint8), as the
+        original's `init_whitening_conv(..., train_images[:5000])`."""
+        return init_whitening(variables, images[:5000])
 
 
 @jax.jit
