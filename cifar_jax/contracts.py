@@ -18,7 +18,8 @@ NUM_CLASSES = 10
 
 
 def check(config, n_train=50_000):
-    """Each piece `config` names keeps its contract, or ExtensionError says which does not."""
+    """Each piece `config` names keeps its contract, or ExtensionError says which does not.
+    Returns what the run should say at its start about them (a list of lines, maybe empty)."""
     model = _model(config)
     tx, _ = _attempt("optimizer", config.optimizer, "failed when called with the learning rate "
                      "and the settings it names", train_state.optimizer, config, n_train)
@@ -29,9 +30,8 @@ def check(config, n_train=50_000):
                          lambda x: model.init(key, x, train=False), images)
     for train in (True, False):
         logits = _attempt("model", config.model, f"failed on images {list(images.shape)}",
-                          jax.eval_shape, lambda v, x, train=train: model.apply(
-                              v, x, train=train, rngs={"dropout": key},
-                              mutable=["batch_stats"])[0], variables, images)
+                          jax.eval_shape, lambda v, x, train=train: _apply(model, v, x, train),
+                          variables, images)
         if getattr(logits, "shape", None) != (BATCH, NUM_CLASSES):
             _fail("model", config.model, f"returns {_describe(logits)} for {BATCH} images, not "
                   f"logits [{BATCH}, {NUM_CLASSES}]")
@@ -57,6 +57,30 @@ def check(config, n_train=50_000):
     if getattr(losses, "shape", None) != (BATCH,):
         _fail("loss", config.loss, f"returns {_describe(losses)} for a batch of {BATCH}, not one "
               f"loss per example [{BATCH}] (the step takes their mean or sum)")
+    return [*(f"note: {kind} {name!r} is defined in __main__ (a script or a notebook) or inside "
+              "a function: this run trains, but --resume, evaluate and predict in another "
+              "process need it in a module on PYTHONPATH, registered there or named as "
+              "module:attribute" for kind, name in _not_importable(config)),
+            *_slow_convolutions(config, model, variables, images)]
+
+
+def _apply(model, variables, images, train):
+    return model.apply(variables, images, train=train, rngs={"dropout": jax.random.key(0)},
+                       mutable=["batch_stats"])[0]
+
+
+def _slow_convolutions(config, model, variables, images):
+    """A note for a model that convolves with XLA's own convolution on the CPU, where XLA runs
+    it inside the compiled training loop about 20x slower than outside (jax-ml/jax#12868)."""
+    if jax.default_backend() != "cpu":
+        return []
+    jaxpr = jax.make_jaxpr(lambda v, x: _apply(model, v, x, True))(variables, images)
+    if "conv_general_dilated" not in str(jaxpr):
+        return []
+    return [(f"note: model {config.model!r} convolves with XLA's convolution, which XLA:CPU runs "
+            "about 20x slower inside the compiled training loop (jax-ml/jax#12868): give its "
+            "nn.Conv layers conv_general_dilated=cifar_jax.ops.default_conv(), as the built-in "
+            "models do (the same maths as a matmul)")]
 
 
 def _model(config):
@@ -67,7 +91,7 @@ def _model(config):
     return model
 
 
-def not_importable(config):
+def _not_importable(config):
     """(kind, name) of each registered piece of `config` that another process cannot import
     (defined in __main__, or inside a function): --resume, evaluate and predict need it there."""
     return [(kind, name) for kind, name in config.pieces()

@@ -65,27 +65,20 @@ def same_padding_for_pool(size, kernel_size):
     return tuple(((kernel_size - 1) // 2, kernel_size // 2 - s % 2) for s in size)
 
 
-def _explicit_padding(padding, kernel_shape):
-    """'VALID' / 'SAME' / ((lo, hi), (lo, hi)) -> ((lo, hi), (lo, hi)) for a stride-1 conv."""
-    if padding == "VALID":
-        return ((0, 0), (0, 0))
-    if padding == "SAME":
-        return tuple(((k - 1) // 2, k // 2) for k in kernel_shape)
-    return tuple(tuple(p) for p in padding)
-
-
 def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
                    dimension_numbers=None, feature_group_count=1, precision=None,
                    preferred_element_type=None):
-    """A stride-1 NHWC convolution as zero padding, shifted slices and one matmul (im2col).
+    """An NHWC convolution as zero padding, shifted (strided) slices and one matmul (im2col).
 
     Drop-in for `lax.conv_general_dilated` in `nn.Conv(..., conv_general_dilated=...)`: the
     parameters and the maths are the same, but XLA:CPU's convolution kernels are slow at
-    small channel counts, and one matmul over the kh*kw shifted views is not. Anything but the
-    plain case (stride 1, no dilation, no groups, NHWC/HWIO) goes to `lax.conv_general_dilated`.
+    small channel counts, and inside a compiled loop (the scanned training step) slower still
+    (jax-ml/jax#12868: 15x for a ResNet-8), where one matmul over the kh*kw shifted views is
+    not. Anything but the plain case (no dilation, no groups, NHWC/HWIO; any strides) goes to
+    `lax.conv_general_dilated`.
     """
     nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    plain = (tuple(window_strides) == (1, 1) and feature_group_count == 1
+    plain = (feature_group_count == 1
              and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
              and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation)))
     if not plain:
@@ -94,12 +87,19 @@ def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_
             dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
             precision=precision, preferred_element_type=preferred_element_type)
     kh, kw, cin, cout = rhs.shape
-    pads = _explicit_padding(padding, (kh, kw))
-    if any(p != (0, 0) for p in pads):
+    sh, sw = window_strides
+    pads = (lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
+            if isinstance(padding, str) else padding)
+    if any(tuple(p) != (0, 0) for p in pads):
         lhs = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
-    b, oh, ow = lhs.shape[0], lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
-    patches = jnp.concatenate(
-        [lhs[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
+    b, oh, ow = lhs.shape[0], (lhs.shape[1] - kh) // sh + 1, (lhs.shape[2] - kw) // sw + 1
+
+    def shifted(i, j):  # the inputs that kernel tap (i, j) sees, one per output pixel
+        if (sh, sw) == (1, 1):
+            return lhs[:, i:i + oh, j:j + ow, :]
+        return lhs[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :]
+
+    patches = jnp.concatenate([shifted(i, j) for i in range(kh) for j in range(kw)], axis=-1)
     # A 2-D matmul, so that the weight gradient is a 2-D one too: contracting over [b, oh, ow]
     # made XLA:CPU transpose the output gradient first.
     out = jnp.dot(patches.reshape(b * oh * ow, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),

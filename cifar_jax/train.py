@@ -195,7 +195,7 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
         run.check_resumable(config, workdir)
     else:
         run.check_new(workdir)
-    contracts.check(config)  # a user's piece that breaks its contract: one line, nothing written
+    notes = contracts.check(config)  # a piece that breaks its contract: one line, nothing written
     created = not os.path.isdir(workdir)
     with run.lock(workdir) if is_main_process else contextlib.nullcontext():
         if not resume:
@@ -206,11 +206,8 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
             print(f"training {config.model} ({config.optimizer}, lr {config.learning_rate}, "
                   f"{config.epochs:g} epoch{'s' if config.epochs != 1 else ''}, batch "
                   f"{config.batch_size}, {config.dtype}) -> {workdir}", flush=True)
-            for kind, name in contracts.not_importable(config):
-                print(f"note: {kind} {name!r} is defined in __main__ (a script or a notebook) or "
-                      "inside a function: this run trains, but --resume, evaluate and predict in "
-                      "another process need it in a module on PYTHONPATH, registered there or "
-                      "named as module:attribute", file=sys.stderr, flush=True)
+            for note in notes:
+                print(note, file=sys.stderr, flush=True)
         try:
             splits = data.load_cifar10(config.data_dir, config.download, config.archive)
             n_train = len(splits["train"][1])

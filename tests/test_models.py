@@ -112,11 +112,30 @@ def test_conv_as_matmul_equals_lax_conv_and_its_gradients():
 
 
 def test_conv_as_matmul_hands_other_cases_to_lax():
-    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
-    conv = nn.Conv(4, (3, 3), strides=2, padding="SAME", conv_general_dilated=conv_as_matmul)
-    ref = nn.Conv(4, (3, 3), strides=2, padding="SAME")
-    params = ref.init(jax.random.key(0), x)
-    np.testing.assert_array_equal(conv.apply(params, x), ref.apply(params, x))
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 4))
+    for other in ({"kernel_dilation": 2}, {"feature_group_count": 2}):
+        conv = nn.Conv(4, (3, 3), padding="SAME", conv_general_dilated=conv_as_matmul, **other)
+        ref = nn.Conv(4, (3, 3), padding="SAME", **other)
+        params = ref.init(jax.random.key(0), x)
+        np.testing.assert_array_equal(conv.apply(params, x), ref.apply(params, x))
+
+
+@pytest.mark.parametrize("kernel, strides, padding", [((3, 3), 2, "SAME"), ((1, 1), 2, "VALID"),
+                                                      ((3, 3), (2, 1), "VALID"),
+                                                      ((2, 2), 1, "SAME")])
+def test_conv_as_matmul_strided_and_padded_equals_lax_conv_and_its_gradients(kernel, strides,
+                                                                              padding):
+    """ResNets' strided 3x3 and 1x1 convolutions; 'SAME' pads as XLA does (more after)."""
+    x = jax.random.normal(jax.random.key(0), (2, 15, 16, 4))
+    kw = {"kernel_size": kernel, "strides": strides, "padding": padding, "use_bias": False}
+    ours, ref = nn.Conv(8, conv_general_dilated=conv_as_matmul, **kw), nn.Conv(8, **kw)
+    params = ref.init(jax.random.key(1), x)
+    loss = lambda model: jax.jit(jax.value_and_grad(
+        lambda p, x: (model.apply(p, x) ** 2).sum(), (0, 1)))(params, x)
+    (value, grads), (ref_value, ref_grads) = loss(ours), loss(ref)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_cnn_is_the_same_function_with_either_convolution():
