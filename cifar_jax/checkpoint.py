@@ -8,6 +8,7 @@ cannot be read is skipped with a warning, and the newest readable one is used.
 """
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -134,6 +135,8 @@ def describe(error):
         code = re.search(r"os_error_code='?(\d+)", str(e))
         if code:
             return os.strerror(int(code.group(1))).lower()
+        if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):  # its metadata files
+            return _DAMAGED["DATA_LOSS"]
     innermost = str(chain[-1]).strip().splitlines()[0] if str(chain[-1]).strip() else ""
     status = re.match(r"([A-Z_]+): ", innermost)
     if status and status.group(1) in _DAMAGED:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import jax
 
-from cifar_jax import checkpoint, data, parallel, report, run, steps
+from cifar_jax import checkpoint, compilation, data, parallel, report, run, steps
 from cifar_jax.cli import OneLineParser, nonnegative_int, positive
 from cifar_jax.config import ConfigError
 from cifar_jax.state import is_stacked
@@ -100,6 +100,7 @@ def check_out_dir(out):
 def main(argv=None):
     args = parse_args(argv)
     checkpoint.quiet()
+    compilation.enable()
     try:
         if args.out:
             check_out_dir(args.out)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifar_jax import checkpoint, models, run, steps
+from cifar_jax import checkpoint, compilation, models, run, steps
 from cifar_jax.cli import OneLineParser, nonnegative_int
 from cifar_jax.config import ConfigError
 from cifar_jax.data import CLASS_NAMES, IMAGE_SHAPE, to_float
@@ -79,6 +79,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     checkpoint.quiet()
+    compilation.enable()
     loaded, failed = [], 0
     for path in args.images:
         try:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from cifar_jax import (
     checkpoint,
+    compilation,
     contracts,
     data,
     evaluate,
@@ -257,8 +258,10 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
                   "no checkpoint yet: starting from the beginning", flush=True)
     saved_step = train_state.steps_done(state)
     tensorboard = run.tensorboard(workdir, first_epoch=done + 1) if is_main_process else None
+    compiled = compilation.Tally()  # what each epoch compiled, for its line
     try:
         for epoch in range(done + 1, n_epochs + 1):
+            compiled.reset()
             start = time.perf_counter()
             idx, mask = epoch_batches(n_train, config.batch_size, data_key, epoch)
             # The last epoch of a fractional run stops early; drop_last drops the partial batch.
@@ -285,7 +288,7 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
                 raise Stopped(f"stopped by {stop.name} at {desc}, step {batches}/{steps_now}: "
                               f"every step is checkpointed; continue with: "
                               f"{resume_command(workdir)}", stop.signum)
-            seconds = time.perf_counter() - start
+            seconds, compiling = time.perf_counter() - start, str(compiled)
             row, predicted = epoch_row(state, test, partial, epoch, seconds,
                                        config.tta if epoch == n_epochs else None)
             first, partial = 0, []
@@ -305,7 +308,8 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
                 shown = functools.partial(multi_seed.describe, row)
                 print(f"{desc}  train loss {shown('train_loss')} acc {shown('train_accuracy')}  "
                       f"test loss {shown('test_loss')} acc {shown('test_accuracy')}  "
-                      f"{seconds:.1f}s ({n_images / seconds:,.0f} img/s)"
+                      f"{seconds:.1f}s ({n_images / seconds:,.0f} img/s"
+                      + (f", {compiling})" if compiling else ")")
                       + (f"  test acc with TTA {shown('test_accuracy_tta')}"
                          if "test_accuracy_tta" in row else "")
                       + (f"  ensemble {row['ensemble_test_accuracy']:.4f}"
@@ -317,6 +321,7 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
                 mngr.close()
         if tensorboard is not None:
             tensorboard.close()
+        compiled.close()
 
     if predicted is None:  # resumed a run whose epochs were all done
         predicted = (evaluate.ensemble(state, test, config.tta) if seeds
@@ -370,6 +375,7 @@ def main(argv=None):
     overrides = config_overrides(args)
     workdir = args.workdir
     parallel.initialize()
+    cache = compilation.enable()
     checkpoint.quiet()
     try:
         if args.resume:
@@ -377,7 +383,7 @@ def main(argv=None):
         else:
             config = Config.for_model(**overrides)
         workdir = workdir or default_workdir(config)
-        print(describe_devices(), flush=True)
+        print(f"{describe_devices()}; {compilation.describe(cache)}", flush=True)
         with signals.stop_on_signals() as stop:
             history = train_and_evaluate(config, workdir, progress=args.progress,
                                          resume=args.resume, stop=stop)

@@ -2,6 +2,7 @@
 processes on one run, extending a finished run, a diverging loss, and bad images to predict."""
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -117,6 +118,14 @@ def test_the_cause_of_a_tensorstore_write_error_is_the_os_reason():
         raise RuntimeError("Encountered error while reading array index") from truncated
     except RuntimeError as e:
         assert checkpoint.describe(e) == "a file in it is truncated"
+    # A metadata file of garbage: Orbax's JSONDecodeError, raised while handling a StopIteration
+    try:
+        try:
+            next(iter(()))
+        except StopIteration:
+            json.loads("garbage")
+    except ValueError as e:
+        assert checkpoint.describe(e) == "a file in it is damaged"
 
 
 def warning(path):
@@ -163,6 +172,39 @@ def test_a_damaged_checkpoint_prints_nothing_from_orbax_in_a_fresh_process(damag
     assert warning(newest).fullmatch(lines[0])
     assert lines[2] == (f"error: no checkpoint in {os.path.join(workdir, 'checkpoints')} can be "
                         "read: start the run again in a new --workdir")
+
+
+def test_reading_a_truncated_checkpoint_again_and_again_leaves_nothing_at_exit(cnn_run, tmp_path):
+    """Orbax's reads of a truncated array file fail while some are in flight: 20 failed reads
+    and a predict in one fresh process, and its stderr holds our one warning, nothing from
+    asyncio or Orbax at the interpreter's exit ("coroutine ... was never awaited")."""
+    workdir = copy_run(cnn_run, tmp_path)
+    newest = os.path.join(workdir, "checkpoints", "2")
+    for root, _, files in os.walk(newest):
+        for name in files:
+            if os.sep + "d" + os.sep in os.path.join(root, name) + os.sep:  # the arrays' data
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(os.path.getsize(os.path.join(root, name)) // 2)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
+    code = f"""
+import jax
+from cifar_jax import checkpoint, predict, state
+from cifar_jax.config import Config
+checkpoint.quiet()
+like = state.from_config(Config.load({workdir!r}), jax.random.key(0))
+for _ in range(20):
+    mngr = checkpoint.manager({workdir!r}, read_only=True)
+    try:
+        checkpoint.restore(mngr, like, step=2)
+    except checkpoint.CheckpointError as e:
+        assert "a file in it is truncated" in str(e), e
+    mngr.close()
+predict.main(["--workdir", {workdir!r}, {str(tmp_path / "x.png")!r}])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert warning(newest).fullmatch(proc.stderr.strip()), proc.stderr
 
 
 def test_a_second_process_on_a_run_is_refused_naming_the_first(cnn_run, mock_cifar10, tmp_path,
