@@ -7,6 +7,8 @@ inside the compiled step, so no per-step host-to-device copy ever happens.
 It is read through `tfds.data_source` (ArrayRecord, random access, no TensorFlow); a data dir
 that `tfds.load` prepared as TFRecord is read with TensorFlow where it is installed. A missing
 dataset is downloaded and prepared as ArrayRecord by `cifar_jax.prepare`, without TensorFlow.
+The decoded ArrayRecord splits are cached as uint8 `.npy` files (`cifar_jax.cache`): only the
+first run decodes them.
 """
 
 import logging
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import parallel
+from cifar_jax import cache, parallel
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
@@ -107,7 +109,18 @@ def _read(builder):
             raise
         raise DataError("reading CIFAR-10 (ArrayRecord) needs the array_record package: pip "
                         "install array_record (it has no Windows wheels: use WSL)") from None
-    return {split: _gathered(*_read_source(source)) for split, source in sources.items()}
+    return {split: _gathered(*_cached(builder, parallel.process_split(split), source))
+            for split, source in sources.items()}
+
+
+def _cached(builder, split, source):
+    """`split` from the decoded-array cache (`cifar_jax.cache`), or decoded from `source` and
+    cached for the next run."""
+    arrays = cache.load(builder, split)
+    if arrays is None:
+        arrays = _read_source(source)
+        cache.save(builder, split, *arrays)
+    return arrays
 
 
 def _read_source(source, chunk=1000):

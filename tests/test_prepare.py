@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -11,7 +12,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from cifar_jax import data, prepare
+from cifar_jax import cache, data, prepare
 
 TRAIN_PER_BATCH = 3  # x 5 batches: 15 train images
 TEST_SIZE = 4
@@ -144,7 +145,7 @@ def test_preparing_and_loading_need_no_tensorflow(tmp_path):
     archive = tmp_path / "cifar-10-binary.tar.gz"
     write_archive(archive)
     result = run_without_tensorflow(f"""
-from cifar_jax import data, prepare
+from cifar_jax import cache, data, prepare
 prepare.prepare({str(tmp_path / "tfds")!r}, archive={str(archive)!r})
 splits = data.load_cifar10({str(tmp_path / "tfds")!r}, download=False)
 print(len(splits["train"][1]), len(splits["test"][1]), "tensorflow" in sys.modules)
@@ -297,3 +298,101 @@ def test_without_archive_the_official_one_is_downloaded_and_verified(tmp_path, m
     official = prepare._builder_class().url_infos["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]
     assert (official.size, official.checksum) == (
         170052171, "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd")
+
+
+# --- the decoded-array cache (cifar_jax.cache) ------------------------------------------------
+
+
+@pytest.fixture
+def own_prepared(tmp_path, monkeypatch):
+    """A prepared data dir of this test's own, and an empty user cache dir."""
+    written = write_archive(tmp_path / "archive.tar.gz")
+    prepare.prepare(tmp_path / "tfds", archive=tmp_path / "archive.tar.gz")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    return tmp_path / "tfds", written
+
+
+def decoding_forbidden(monkeypatch):
+    def fail(source, chunk=1000):
+        raise AssertionError("decoded, where the cache should have served")
+    monkeypatch.setattr(data, "_read_source", fail)
+
+
+def test_the_decoded_splits_are_cached_beside_the_dataset_and_read_back(own_prepared, monkeypatch,
+                                                                        capsys):
+    data_dir, _ = own_prepared
+    first = data.load_cifar10(str(data_dir), download=False)
+    folder = data_dir / "cifar10" / "3.0.2" / "cifar_jax-cache"
+    assert sorted(os.listdir(folder)) == [f"cifar10-3.0.2-{split}.{kind}" for split in
+                                          ("test", "train") for kind in
+                                          ("images.npy", "json", "labels.npy")]
+    decoding_forbidden(monkeypatch)
+    again = data.load_cifar10(str(data_dir), download=False)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(again[split][0], first[split][0])
+        np.testing.assert_array_equal(again[split][1], first[split][1])
+        assert again[split][1].dtype == np.int32
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("damage, why", [
+    ("pixels", "its checksum does not match"),
+    ("source", "the dataset's files have changed since"),
+    ("truncated", "cannot load an array"),
+])
+def test_a_cache_that_does_not_match_is_decoded_again_with_one_warning(own_prepared, damage, why,
+                                                                       capsys):
+    data_dir, written = own_prepared
+    data.load_cifar10(str(data_dir), download=False)
+    version = data_dir / "cifar10" / "3.0.2"
+    images = version / "cifar_jax-cache" / "cifar10-3.0.2-train.images.npy"
+    if damage == "pixels":
+        blob = bytearray(images.read_bytes())
+        blob[-1] ^= 0xFF
+        images.write_bytes(bytes(blob))
+    elif damage == "source":
+        shard = next(version.glob("cifar10-train.array_record*"))
+        os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    else:
+        images.write_bytes(images.read_bytes()[:1000])
+    splits = data.load_cifar10(str(data_dir), download=False)
+    order = tfds_order("train", len(written["train"][1]))
+    np.testing.assert_array_equal(splits["train"][0], written["train"][0][order])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"warning: the cached cifar10 train in {version / 'cifar_jax-cache'} cannot be used (")
+    assert err[0].endswith("): decoding the dataset again")
+    if damage != "truncated":
+        assert why in err[0]
+    data.load_cifar10(str(data_dir), download=False)  # the rebuilt entry serves, silently
+    assert capsys.readouterr().err == ""
+
+
+def test_an_unwritable_data_dir_caches_in_the_users_cache_dir_and_failed_writes_leave_nothing(
+        own_prepared, monkeypatch, tmp_path):
+    data_dir, _ = own_prepared
+    beside = data_dir / "cifar10" / "3.0.2" / "cifar_jax-cache"
+    real_mkstemp = cache.tempfile.mkstemp
+
+    def mkstemp(dir, **kwargs):
+        if str(beside) in dir:
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(dir=dir, **kwargs)
+
+    monkeypatch.setattr(cache.tempfile, "mkstemp", mkstemp)
+    data.load_cifar10(str(data_dir), download=False)
+    users = list((tmp_path / "user-cache" / "cifar_jax" / "data").iterdir())
+    assert len(users) == 1 and len(os.listdir(users[0])) == 6 and not os.listdir(beside)
+    decoding_forbidden(monkeypatch)
+    data.load_cifar10(str(data_dir), download=False)  # served from the user's cache dir
+
+    def no_space(file, array, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other-cache"))
+    monkeypatch.setattr(np, "save", no_space)
+    shutil.rmtree(beside)
+    data.load_cifar10(str(data_dir), download=False)  # decoded, and nothing half-written anywhere
+    assert not os.listdir(beside)
+    assert all(not files for _, _, files in os.walk(tmp_path / "other-cache"))
