@@ -8,7 +8,13 @@ from cifar_jax.config import Config, default_text
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr and exit code 2, without the usage dump."""
+    """argparse whose errors are one line on stderr and exit code 2, without the usage dump; its
+    --help ends with the environment variables the command lines read."""
+
+    def __init__(self, **kwargs):
+        super().__init__(epilog="environment: CIFAR_JAX_COMPILATION_CACHE=0 turns off JAX's "
+                                "persistent compilation cache (on by default, in "
+                                "~/.cache/cifar_jax/jax; =DIR moves it)", **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
