@@ -100,6 +100,12 @@ def test_a_registered_model_trains_like_a_built_in_one(mock_cifar10, tmp_path, c
     assert saved["imports"] == {"model": {"tiny": f"{Tiny.__module__}:Tiny"}}
     history = cifar_jax.train_and_evaluate(config, str(tmp_path / "again"), progress=False)
     assert [row["test_accuracy"] for row in history] == [rows(tmp_path / "run")[0]["test_accuracy"]]
+    # A process where "tiny" is not registered finds it where config.json says it lives.
+    del REGISTRY["model"]["tiny"]
+    capsys.readouterr()
+    assert evaluate.main(["--workdir", str(tmp_path / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] == history[0]["test_accuracy"]
+    assert REGISTRY["model"]["tiny"].obj is Tiny
 
 
 def test_the_issues_script_trains_and_says_what_another_process_needs(tmp_path, capsys):
