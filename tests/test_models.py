@@ -20,6 +20,16 @@ def n_params(params):
     return sum(x.size for x in jax.tree.leaves(params))
 
 
+# Inputs from NumPy and each computation jitted: eagerly, JAX compiles one program per operation
+# and shape (a fifth of a second each on the CPU), most of what these small checks cost.
+def normal(seed, shape):
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def uniform(seed, shape):
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
 @pytest.mark.parametrize("model, expected", [(MLP(), 12_230_010), (CNN(), 167_562)])
 def test_parameter_counts_match_keras(model, expected):
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))  # shapes
@@ -28,9 +38,9 @@ def test_parameter_counts_match_keras(model, expected):
 
 @pytest.mark.parametrize("model", [MLP(), CNN()])
 def test_models_map_images_to_ten_logits(model):
-    x = jax.random.uniform(jax.random.key(1), (5, 32, 32, 3))
-    params = model.init(jax.random.key(0), x)
-    logits = model.apply(params, x)
+    x = uniform(1, (5, 32, 32, 3))
+    params = jax.jit(model.init)(jax.random.key(0), x)
+    logits = jax.jit(model.apply)(params, x)
     assert logits.shape == (5, 10)
     assert logits.dtype == jnp.float32
     assert not np.allclose(jax.nn.softmax(logits).sum(-1), 0)
@@ -44,31 +54,32 @@ def test_cnn_shapes_follow_valid_padding():
 
 
 def test_init_is_glorot_uniform_with_zero_biases():
-    params = MLP().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.jit(MLP().init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.tree.map(np.asarray, params)
     kernel = params["Dense_0"]["kernel"]
     limit = np.sqrt(6 / (3072 + 3000))
-    assert float(jnp.abs(kernel).max()) <= limit
-    assert float(jnp.abs(kernel).max()) > 0.99 * limit
-    assert abs(float(kernel.std()) - limit / np.sqrt(3)) < 0.01 * limit
-    assert all(float(jnp.abs(layer["bias"]).max()) == 0 for layer in params.values())
+    assert np.abs(kernel).max() <= limit
+    assert np.abs(kernel).max() > 0.99 * limit
+    assert abs(kernel.std() - limit / np.sqrt(3)) < 0.01 * limit
+    assert all(np.abs(layer["bias"]).max() == 0 for layer in params.values())
 
 
 @pytest.mark.parametrize("shape", [(2, 30, 30, 4), (2, 13, 13, 3)])
 def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
-    x = jax.random.normal(jax.random.key(0), shape)
+    x = normal(0, shape)
     ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
-    np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
-    g = jax.random.normal(jax.random.key(1), ref(x).shape)
-    grad = lambda f: jax.grad(lambda x: (f(x) * g).sum())(x)
+    np.testing.assert_array_equal(jax.jit(max_pool_2x2)(x), jax.jit(ref)(x))
+    g = normal(1, (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    grad = lambda f: jax.jit(jax.grad(lambda x: (f(x) * g).sum()))(x)
     np.testing.assert_array_equal(grad(max_pool_2x2), grad(ref))
 
 
 def test_relu_then_pool_has_flax_gradient_despite_zero_ties():
-    x = jax.random.normal(jax.random.key(0), (2, 30, 30, 8)) - 1.0  # mostly negative: many ties at 0
-    g = jax.random.normal(jax.random.key(1), (2, 15, 15, 8))
-    grad = lambda pool: jax.grad(lambda x: (pool(nn.relu(x)) * g).sum())(x)
+    x = normal(0, (2, 30, 30, 8)) - 1.0  # mostly negative: many ties at 0
+    g = normal(1, (2, 15, 15, 8))
+    grad = lambda pool: jax.jit(jax.grad(lambda x: (pool(nn.relu(x)) * g).sum()))(x)
     ours, ref = grad(max_pool_2x2), grad(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
-    assert float((nn.relu(x) == 0).mean()) > 0.8
+    assert (np.maximum(x, 0) == 0).mean() > 0.8
     np.testing.assert_array_equal(ours, ref)
 
 
@@ -76,8 +87,8 @@ def test_relu_then_pool_has_flax_gradient_despite_zero_ties():
                                            ((14, 8), ((1, 1), (1, 1))),
                                            ((15, 8), ((1, 0), (1, 1)))])
 def test_same_padding_for_pool_is_same_conv_then_pool_with_its_gradients(size, padding):
-    x = jax.random.normal(jax.random.key(0), (2, *size, 4))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+    x = normal(0, (2, *size, 4))
+    w = normal(1, (3, 3, 4, 5))
     assert same_padding_for_pool(size, 3) == padding
 
     @functools.partial(jax.jit, static_argnums=2)  # one compiled program, not one per operation
@@ -88,7 +99,7 @@ def test_same_padding_for_pool_is_same_conv_then_pool_with_its_gradients(size, p
     ours, ref = pooled(x, w, padding), pooled(x, w, "SAME")
     assert ours.shape == (2, size[0] // 2, size[1] // 2, 5)
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
-    g = jax.random.normal(jax.random.key(2), ref.shape)
+    g = normal(2, ref.shape)
     grads = lambda padding: jax.jit(jax.grad(lambda x, w: (pooled(x, w, padding) * g).sum(),
                                              (0, 1)))(x, w)
     for a, b in zip(grads(padding), grads("SAME")):
@@ -96,28 +107,26 @@ def test_same_padding_for_pool_is_same_conv_then_pool_with_its_gradients(size, p
 
 
 def test_conv_as_matmul_equals_lax_conv_and_its_gradients():
-    x = jax.random.normal(jax.random.key(0), (2, 15, 15, 32))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 32, 64))
+    x = normal(0, (2, 15, 15, 32))
+    w = normal(1, (3, 3, 32, 64))
     dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-
-    def loss(conv, x, w):
-        return (conv(x, w, (1, 1), "VALID", dimension_numbers=dn) ** 2).sum()
-
-    np.testing.assert_allclose(conv_as_matmul(x, w, (1, 1), "VALID", dimension_numbers=dn),
-                               lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn),
+    conv = jax.jit(lambda conv, x, w: conv(x, w, (1, 1), "VALID", dimension_numbers=dn),
+                   static_argnums=0)
+    grads = jax.jit(jax.grad(lambda conv, x, w: (conv(x, w, (1, 1), "VALID", dimension_numbers=dn)
+                                                 ** 2).sum(), (1, 2)), static_argnums=0)
+    np.testing.assert_allclose(conv(conv_as_matmul, x, w), conv(lax.conv_general_dilated, x, w),
                                rtol=1e-4, atol=1e-4)
-    for ours, ref in zip(jax.grad(loss, (1, 2))(conv_as_matmul, x, w),
-                         jax.grad(loss, (1, 2))(lax.conv_general_dilated, x, w)):
+    for ours, ref in zip(grads(conv_as_matmul, x, w), grads(lax.conv_general_dilated, x, w)):
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-3)
 
 
 def test_conv_as_matmul_hands_other_cases_to_lax():
-    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 4))
+    x = normal(0, (1, 8, 8, 4))
     for other in ({"kernel_dilation": 2}, {"feature_group_count": 2}):
         conv = nn.Conv(4, (3, 3), padding="SAME", conv_general_dilated=conv_as_matmul, **other)
         ref = nn.Conv(4, (3, 3), padding="SAME", **other)
-        params = ref.init(jax.random.key(0), x)
-        np.testing.assert_array_equal(conv.apply(params, x), ref.apply(params, x))
+        params = jax.jit(ref.init)(jax.random.key(0), x)
+        np.testing.assert_array_equal(jax.jit(conv.apply)(params, x), jax.jit(ref.apply)(params, x))
 
 
 @pytest.mark.parametrize("kernel, strides, padding", [((3, 3), 2, "SAME"), ((1, 1), 2, "VALID"),
@@ -126,10 +135,10 @@ def test_conv_as_matmul_hands_other_cases_to_lax():
 def test_conv_as_matmul_strided_and_padded_equals_lax_conv_and_its_gradients(kernel, strides,
                                                                               padding):
     """ResNets' strided 3x3 and 1x1 convolutions; 'SAME' pads as XLA does (more after)."""
-    x = jax.random.normal(jax.random.key(0), (2, 15, 16, 4))
+    x = normal(0, (2, 15, 16, 4))
     kw = {"kernel_size": kernel, "strides": strides, "padding": padding, "use_bias": False}
     ours, ref = nn.Conv(8, conv_general_dilated=conv_as_matmul, **kw), nn.Conv(8, **kw)
-    params = ref.init(jax.random.key(1), x)
+    params = jax.jit(ref.init)(jax.random.key(1), x)
     loss = lambda model: jax.jit(jax.value_and_grad(
         lambda p, x: (model.apply(p, x) ** 2).sum(), (0, 1)))(params, x)
     (value, grads), (ref_value, ref_grads) = loss(ours), loss(ref)
@@ -139,10 +148,10 @@ def test_conv_as_matmul_strided_and_padded_equals_lax_conv_and_its_gradients(ker
 
 
 def test_cnn_is_the_same_function_with_either_convolution():
-    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
-    params = CNN().init(jax.random.key(0), x)
-    np.testing.assert_allclose(CNN(conv=conv_as_matmul).apply(params, x),
-                               CNN(conv=lax.conv_general_dilated).apply(params, x),
+    x = uniform(1, (4, 32, 32, 3))
+    params = jax.jit(CNN().init)(jax.random.key(0), x)
+    np.testing.assert_allclose(jax.jit(CNN(conv=conv_as_matmul).apply)(params, x),
+                               jax.jit(CNN(conv=lax.conv_general_dilated).apply)(params, x),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -158,9 +167,9 @@ class TextbookCNN(nn.Module):
 
 
 def test_cnn_equals_the_textbook_cnn_and_its_gradients():
-    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
-    labels = jnp.arange(4)
-    params = CNN().init(jax.random.key(0), x)
+    x = uniform(1, (4, 32, 32, 3))
+    labels = np.arange(4)
+    params = jax.jit(CNN().init)(jax.random.key(0), x)
 
     def loss(model, params):
         logits = model.apply(params, x)
@@ -173,12 +182,12 @@ def test_cnn_equals_the_textbook_cnn_and_its_gradients():
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
     for name in ("Conv_0", "Conv_1", "Dense_0", "Dense_1"):
         for leaf in ("kernel", "bias"):
-            g, g_ref = ours_grads["params"][name][leaf], ref_grads["params"][name][leaf]
-            assert float(jnp.abs(g_ref).max()) > 0
-            np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-5 * float(jnp.abs(g_ref).max()))
+            g, g_ref = (np.asarray(grads["params"][name][leaf]) for grads in (ours_grads, ref_grads))
+            assert np.abs(g_ref).max() > 0
+            np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-5 * np.abs(g_ref).max())
 
 
 @pytest.mark.parametrize("size, kept", [((32, 32), (32, 32)), ((15, 15), (14, 14)), ((14, 13), (14, 12))])
 def test_crop_for_pool_keeps_the_rows_whose_outputs_the_pool_uses(size, kept):
     # 3x3 'VALID': 15 rows -> 13 outputs, of which the 2x2 pool uses 12, computed from 14 rows
-    assert crop_for_pool(jnp.zeros((2, *size, 5)), 3).shape == (2, *kept, 5)
+    assert crop_for_pool(np.zeros((2, *size, 5)), 3).shape == (2, *kept, 5)
