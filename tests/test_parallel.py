@@ -17,7 +17,7 @@ from cifar_jax.train import train_and_evaluate
 
 def mock_train(workdir, devices, *extra):
     argv, env = cnn_command(workdir, *extra, env={
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"})
     return subprocess.run(argv, env=env, check=False, capture_output=True, text=True, timeout=300)
 
 

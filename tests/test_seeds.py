@@ -135,7 +135,8 @@ with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
                                  num_seeds=2), {str(tmp_path / "run")!r}, progress=False)
 print(json.dumps(history[-1]["per_seed"]))
 """
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = {**os.environ, "XLA_FLAGS": flags,
            "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=300, check=False)
