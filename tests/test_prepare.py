@@ -77,6 +77,22 @@ def test_prepared_archive_reads_back_exactly_in_tfds_order(prepared):
         np.testing.assert_array_equal(got_labels, labels[order])
 
 
+def test_decoding_in_threads_keeps_the_order(prepared):
+    """Chunks of 2 PNGs decoded in two threads while the next ones are read: same order."""
+    import tensorflow_datasets as tfds
+
+    data_dir, _, written = prepared
+    builder = tfds.builder("cifar10", data_dir=str(data_dir))
+    source = builder.as_data_source(split="train", decoders={"image": tfds.decode.SkipDecoding()})
+    assert isinstance(source[0]["image"], bytes)
+    images, labels = data._read_source(source, chunk=2,
+                                       decode=builder.info.features["image"].decode_example_np)
+    order = tfds_order("train", len(written["train"][1]))
+    assert len(order) == 15
+    np.testing.assert_array_equal(images, written["train"][0][order])
+    np.testing.assert_array_equal(labels, written["train"][1][order])
+
+
 def test_prepared_dir_is_the_stock_cifar10_in_array_record(prepared):
     data_dir, _, _ = prepared
     version = data_dir / "cifar10" / "3.0.2"
