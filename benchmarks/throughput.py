@@ -73,24 +73,25 @@ def _timed(fn):
 class JaxSide:
     """cifar_jax's compiled training loop on synthetic uint8 data kept on the device."""
 
-    def __init__(self, name, batch_size, n_images, dtype="float32", num_seeds=1):
+    def __init__(self, name, batch_size, n_images, dtype="float32", num_seeds=1, sweep=()):
         """`num_seeds` > 1: that many models at once, as `--num-seeds` trains them (each model
-        its own batch order over the same images)."""
-        config = Config.for_model(name, dtype=dtype, num_seeds=num_seeds)
-        mesh = parallel.data_mesh(num_seeds)  # as in training
-        stacked = num_seeds > 1
+        its own batch order over the same images); `sweep`: as `--sweep` (x `num_seeds`)."""
+        config = Config.for_model(name, dtype=dtype, num_seeds=num_seeds, sweep=sweep)
+        members = config.members
+        mesh = parallel.data_mesh(members)  # as in training
+        stacked = members > 1
         replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh, stacked)
         rng = np.random.default_rng(0)
         self.images = jax.device_put(rng.integers(0, 256, (n_images, 32, 32, 3), np.uint8), replicate)
         self.labels = jax.device_put(rng.integers(0, 10, n_images).astype(np.int32), replicate)
-        keys = jax.random.split(jax.random.key(0), num_seeds) if stacked else jax.random.key(0)
+        keys = jax.random.split(jax.random.key(0), members) if stacked else jax.random.key(0)
         self.state = jax.device_put(train_state.from_config(config, keys),
                                     parallel.models_split(mesh) if stacked else replicate)
         self.idx, self.mask = jax.device_put(train.epoch_batches(n_images, batch_size, keys, 1),
                                              split)
         self.key = keys
-        self.images_per_pass = n_images * num_seeds
-        self.train_batches = steps.train_batches_stacked if stacked else steps.train_batches
+        self.images_per_pass = n_images * members
+        self.train_batches = steps.train_batches_stacked() if stacked else steps.train_batches
         args = (self.state, self.images, self.labels, self.idx, self.mask)
         self.compile_s = _timed(lambda: self.train_batches.lower(*args, self.key, 0).compile())
         if not stacked:  # (evaluation shares one batch order between the models)

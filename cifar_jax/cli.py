@@ -57,6 +57,38 @@ def nonnegative_int(text):
 nonnegative_int.__name__ = "int"
 
 
+def sweep_spec(text):
+    """An argparse `type` for --sweep: 'NAME=V1,V2,...' -> (NAME, (V1, V2, ...)). Whether the
+    setting and its values make sense is `Config`'s to say."""
+    name, equals, values = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=V1,V2,... (e.g. learning_rate=1e-3,2e-3), "
+                                         f"got {text!r}")
+    parsed = []
+    for value in filter(None, (v.strip() for v in values.split(","))):
+        try:
+            parsed.append(float(value))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name.strip()}: {value!r} is not a number") from None
+    return name.strip(), tuple(parsed)
+
+
+sweep_spec.__name__ = "NAME=V1,V2,..."
+
+
+def point_spec(text):
+    """An argparse `type` for --point: 'NAME=VALUE' -> (NAME, VALUE)."""
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. learning_rate=0.001), got "
+                                         f"{text!r}") from None
+
+
+point_spec.__name__ = "NAME=VALUE"
+
+
 def add_config_flags(parser):
     """One option per `Config` field, with the field's help, choices and default.
 
@@ -68,6 +100,10 @@ def add_config_flags(parser):
         flag = meta["flag"] or "--" + field.name.replace("_", "-")
         default = default_text(field.name)
         help = meta["help"] + (f" (default: {default})" if default else "")
+        if field.type is tuple:  # --sweep NAME=V1,V2,..., repeated
+            parser.add_argument(flag, dest=field.name, action="append", type=sweep_spec,
+                                metavar="NAME=V1,V2,...", help=help)
+            continue
         if field.type is bool:  # a switch: turns the default (on or off) round
             parser.add_argument(flag, dest=field.name, action="store_const",
                                 const=not field.default, help=help)

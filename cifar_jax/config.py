@@ -15,6 +15,7 @@ are checked against them before a run starts (`cifar_jax.contracts`).
 import dataclasses
 import importlib
 import inspect
+import itertools
 import json
 import math
 import os
@@ -188,18 +189,19 @@ def default_of(fn, name):
 
 
 def _setting(default, help, *, flag=None, choices=None, positive=False, minimum=None,
-             runtime=False, piece=False):
+             runtime=False, piece=False, sweepable=False):
     """A Config field with what the command line needs to know about it.
 
     flag: the option's name when it is not `--field-name`; choices: the allowed values;
     positive: must be > 0; minimum: must be >= this; runtime: the results do not depend on it,
     so a resumed run may change it; piece: a hyperparameter of the pieces that name it (the
     optimiser, the loss, the augmentations): None means the piece's own default, and a value
-    that no piece takes is an error.
+    that no piece takes is an error; sweepable: a number the compiled step reads as a value
+    (not a shape, not code), so that one program can train several of its values (--sweep).
     """
     return dataclasses.field(default=default, metadata={
         "help": help, "flag": flag, "choices": choices, "positive": positive, "minimum": minimum,
-        "runtime": runtime, "piece": piece})
+        "runtime": runtime, "piece": piece, "sweepable": sweepable})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +213,8 @@ class Config:
     optimizer: str = _setting("adam", "the optimiser: sgd, adam, nesterov (airbench's Nesterov "
                                       "SGD with its parameter groups), a registered name, or "
                                       "module:attribute naming " + CONTRACTS["optimizer"])
-    learning_rate: float = _setting(None, "learning rate, in the optimiser's units", positive=True)
+    learning_rate: float = _setting(None, "learning rate, in the optimiser's units", positive=True,
+                                    sweepable=True)
     epochs: float = _setting(10, "passes over the 50,000 training images; fractions allowed "
                                  "(the last epoch is cut short, schedules shrink with the run)",
                              positive=True)
@@ -225,18 +228,19 @@ class Config:
                                       "differentiated: their 'mean' or their 'sum' (the learning "
                                       "rate is per example then)", choices=("mean", "sum"))
     label_smoothing: float = _setting(None, "label smoothing, for a loss that takes it",
-                                      minimum=0.0, piece=True)
+                                      minimum=0.0, piece=True, sweepable=True)
     schedule: str = _setting("constant", "learning-rate schedule: 'warmup_decay' rises linearly "
                                          "from 0.2x to 1x over the first 23%% of steps, then "
                                          "falls linearly to 0.07x",
                              choices=("constant", "warmup_decay"))
     momentum: float = _setting(None, "momentum, for an optimiser that takes it", positive=True,
-                               piece=True)
+                               piece=True, sweepable=True)
     weight_decay: float = _setting(None, "weight decay, for an optimiser that takes it "
                                          "(nesterov's: per 1024 examples, decoupled from the "
-                                         "learning rate)", minimum=0.0, piece=True)
+                                         "learning rate)", minimum=0.0, piece=True,
+                                  sweepable=True)
     bias_scaler: float = _setting(None, "nesterov: BatchNorm biases learn this many times faster",
-                                  positive=True, piece=True)
+                                  positive=True, piece=True, sweepable=True)
     whiten_bias_epochs: float = _setting(None, "nesterov: epochs the whitening stem's bias trains",
                                          minimum=0, piece=True)
     lookahead: bool = _setting(False, "lookahead: every 5 steps, move an average of the weights "
@@ -261,6 +265,13 @@ class Config:
                                  "order and augmentation as its own run would; "
                                  "metrics give their mean, std and 95%% confidence interval, "
                                  "predict and evaluate use their ensemble", positive=True)
+    sweep: tuple = _setting((), "train several values of a setting at once, NAME=V1,V2,...; "
+                                "repeat the flag for a grid of two or more settings. Every "
+                                "point (x --num-seeds seeds) trains in one compiled program, "
+                                "each as its own run with that value would. Sweepable: "
+                                "learning_rate, momentum, weight_decay, label_smoothing, "
+                                "bias_scaler. Writes sweep.csv, sweep.png and one TensorBoard "
+                                "run per point", flag="--sweep")
     data_dir: str | None = _setting(
         None, "TFDS data dir holding a prepared cifar10; CIFAR-10 is downloaded there if missing "
               "(default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)", runtime=True)
@@ -280,35 +291,45 @@ class Config:
                                   f"{', '.join(map(str, meta['choices']))}")
         lookup("model", self.model)
         pieces = _pieces(self.optimizer, self.loss, self.augment)
-        if self.learning_rate is None:
+        object.__setattr__(self, "sweep", _sweep(self.sweep))
+        if self.learning_rate is None and "learning_rate" not in dict(self.sweep):
             default = default_of(pieces[0][1], "learning_rate")
             if default is None:
                 raise ConfigError(f"optimizer {self.optimizer!r} has no default learning rate: "
                                   "pass --learning-rate")
             object.__setattr__(self, "learning_rate", default)
         for name in PIECE_SETTINGS:  # None: the default of the first piece that takes it
-            if getattr(self, name) is None:
+            if getattr(self, name) is None and name not in dict(self.sweep):  # swept: None
                 object.__setattr__(self, name, next(
                     (default_of(fn, name) for _, fn in pieces if name in parameters(fn)), None))
         for field in dataclasses.fields(self):
-            value, meta = getattr(self, field.name), field.metadata
-            if value is None:
-                continue
-            if field.type in (int, float) and not _number(value, field.type):
-                noun = "an integer" if field.type is int else "a number"
-                raise ConfigError(f"{field.name} must be {noun}, got {value!r}")
-            if meta["positive"] and not 0 < value < math.inf:
-                noun = "integer" if field.type is int else "number"
-                raise ConfigError(f"{field.name} must be a positive {noun}, got {value!r}")
-            if meta["minimum"] is not None and not meta["minimum"] <= value < math.inf:
-                raise ConfigError(f"{field.name} must be at least {meta['minimum']}, got {value!r}")
-        if self.label_smoothing is not None and not self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be below 1, got {self.label_smoothing!r}")
+            if getattr(self, field.name) is not None and field.type in (int, float):
+                _check_number(field, getattr(self, field.name))
         for name in PIECE_SETTINGS:
             if getattr(self, name) is not None and not _takers(name, pieces):
-                named = ", ".join(f"{kind} {piece!r}" for (kind, piece), _ in pieces)
                 raise ConfigError(f"{name}={getattr(self, name)!r} is taken by none of the run's "
-                                  f"pieces ({named}): drop it, or choose a piece that takes it")
+                                  f"pieces ({_named(pieces)}): drop it, or choose a piece that "
+                                  "takes it")
+        for name, _ in self.sweep:
+            if name in PIECE_SETTINGS and not _takers(name, pieces):
+                raise ConfigError(f"--sweep {name}: {name} is taken by none of the run's pieces "
+                                  f"({_named(pieces)}): choose a piece that takes it")
+
+    def points(self):
+        """The sweep's points in grid order (the last --sweep varies fastest), each a dict
+        {setting: value}; [{}], one point of no swept setting, without a sweep."""
+        names = [name for name, _ in self.sweep]
+        return [dict(zip(names, values))
+                for values in itertools.product(*(values for _, values in self.sweep))]
+
+    @property
+    def members(self):
+        """The models the run trains at once: each point's --num-seeds seeds, point by point."""
+        return len(self.points()) * self.num_seeds
+
+    def member_seeds(self):
+        """The seed of each member: --seed, --seed+1, ... within each point."""
+        return [self.seed + i for _ in self.points() for i in range(self.num_seeds)]
 
     @property
     def augmentations(self):
@@ -329,6 +350,7 @@ class Config:
         recipe's setting for a piece that `overrides` replace (its label smoothing, with
         another loss) goes with that piece."""
         overrides = {k: v for k, v in overrides.items() if v is not None}
+        check_sweep_flags(overrides.get("sweep", ()), overrides)
         settings = {**lookup("model", model).recipe, **overrides}
         pieces = _pieces_of(settings)
         return cls(model=model, **{k: v for k, v in settings.items()
@@ -384,6 +406,70 @@ class Config:
             raise ConfigError(f"{path} is damaged ({e})") from None
 
 
+def _check_number(field, value):
+    """`value` is a number `field` may take, or ConfigError says what it must be."""
+    meta, name = field.metadata, field.name
+    if not _number(value, field.type):
+        raise ConfigError(f"{name} must be {'an integer' if field.type is int else 'a number'}, "
+                          f"got {value!r}")
+    if meta["positive"] and not 0 < value < math.inf:
+        noun = "integer" if field.type is int else "number"
+        raise ConfigError(f"{name} must be a positive {noun}, got {value!r}")
+    if meta["minimum"] is not None and not meta["minimum"] <= value < math.inf:
+        raise ConfigError(f"{name} must be at least {meta['minimum']}, got {value!r}")
+    if name == "label_smoothing" and not value < 1:
+        raise ConfigError(f"label_smoothing must be below 1, got {value!r}")
+
+
+def _sweep(spec):
+    """A sweep given as {name: values}, or (name, values) pairs (config.json's lists too), as
+    ((name, (value, ...)), ...), each value checked as its flag checks it: ConfigError says
+    what is wrong with the first bad part."""
+    pairs = list(spec.items()) if isinstance(spec, dict) else [tuple(pair) for pair in spec]
+    seen, normal = set(), []
+    for name, values in pairs:
+        field = FIELDS.get(name)
+        if field is None:
+            raise ConfigError(f"--sweep {name}: no such setting; sweepable are "
+                              f"{', '.join(SWEEPABLE)}")
+        if name in ("seed", "num_seeds"):
+            raise ConfigError(f"--sweep {name}: seeds are not swept: --num-seeds N trains seeds "
+                              "--seed to --seed+N-1 at every point")
+        if not field.metadata["sweepable"]:
+            raise ConfigError(f"--sweep {name}: {name} changes the compiled program, which one "
+                              "sweep cannot vary: train separate runs, one per value; sweepable "
+                              f"are {', '.join(SWEEPABLE)}")
+        if name in seen:
+            raise ConfigError(f"--sweep {name} is given twice: list all its values in one "
+                              f"--sweep {name}=V1,V2,...")
+        seen.add(name)
+        values = tuple(values)
+        if not values:
+            raise ConfigError(f"--sweep {name} has no values: give them as {name}=V1,V2,...")
+        for i, value in enumerate(values):
+            try:
+                _check_number(field, value)
+            except ConfigError as e:
+                raise ConfigError(f"--sweep {name}: {e}") from None
+            if value in values[:i]:
+                raise ConfigError(f"--sweep {name} lists {value!r} twice: give each value once")
+        normal.append((name, tuple(float(value) for value in values)))
+    return tuple(normal)
+
+
+def check_sweep_flags(sweep, given):
+    """A setting is not both swept and set: ConfigError names the first such one. `given`:
+    the settings the command line (or the caller) set, by name."""
+    for name, _ in _sweep(sweep):
+        if given.get(name) is not None:
+            flag = FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")
+            raise ConfigError(f"--sweep {name} and {flag} both set {name}: drop one")
+
+
+def _named(pieces):
+    return ", ".join(f"{kind} {piece!r}" for (kind, piece), _ in pieces)
+
+
 def _augmentations(augment):
     return tuple(name.strip() for name in augment.split(",") if name.strip())
 
@@ -435,6 +521,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["runtime"])
 # The pieces' hyperparameters: None means the piece's own default.
 PIECE_SETTINGS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["piece"])
+# The settings --sweep may vary.
+SWEEPABLE = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["sweepable"])
 
 
 def default_text(name):
@@ -452,6 +540,6 @@ def default_text(name):
                           *(f"{model}: {show(v)}" for model, v in others.items())]) or None
     if isinstance(base, bool):  # a switch
         return f"off; on for {', '.join(others)}" if others and not base else None
-    if base is None:
+    if base is None or base == ():
         return None
     return "; ".join([show(base), *(f"{model}: {show(v)}" for model, v in others.items())])

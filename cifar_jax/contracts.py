@@ -36,8 +36,14 @@ def check(config, n_train=50_000):
             _fail("model", config.model, f"returns {_describe(logits)} for {BATCH} images, not "
                   f"logits [{BATCH}, {NUM_CLASSES}]")
     params = variables["params"]
-    _attempt("optimizer", config.optimizer, "failed to update the model's parameters",
-             jax.eval_shape, lambda p: tx.update(p, tx.init(p), p), params)
+    # A sweep's values reach the pieces as traced JAX scalars, not Python numbers (in the
+    # optimiser's state, which is traced here too).
+    swept = {name: jax.ShapeDtypeStruct((), jnp.float32) for name, _ in config.sweep}
+    how = (f"failed with the swept {', '.join(swept)} as traced JAX values (the step gives every "
+           "point's at once: compute with them, but not in Python's if, round or int)")
+    _attempt("optimizer", config.optimizer, how if train_state.optimizer_arguments(config)
+             else "failed to update the model's parameters", jax.eval_shape,
+             lambda p: tx.update(p, tx.init(p), p), params)
     recipe = train_state.step_recipe(config, n_train)
     uint8 = jax.ShapeDtypeStruct((BATCH, *IMAGE_SHAPE), jnp.uint8)
     for name in config.augmentations:
@@ -48,12 +54,13 @@ def check(config, n_train=50_000):
         if (getattr(out, "shape", None), getattr(out, "dtype", None)) != (uint8.shape, uint8.dtype):
             _fail("augmentation", name, f"returns {_describe(out)} for uint8 images "
                   f"{list(uint8.shape)}")
-    losses = _attempt("loss", config.loss, f"failed on logits [{BATCH}, {NUM_CLASSES}] and "
-                      f"labels [{BATCH}]", jax.eval_shape, lambda logits, labels: call(
+    losses = _attempt("loss", config.loss, how if swept else f"failed on logits [{BATCH}, "
+                      f"{NUM_CLASSES}] and labels [{BATCH}]", jax.eval_shape,
+                      lambda logits, labels, values: call(
                           lookup("loss", config.loss).obj, logits, labels,
-                          **dict(recipe.settings)),
+                          **{**dict(recipe.settings), **values}),
                       jax.ShapeDtypeStruct((BATCH, NUM_CLASSES), jnp.float32),
-                      jax.ShapeDtypeStruct((BATCH,), jnp.int32))
+                      jax.ShapeDtypeStruct((BATCH,), jnp.int32), swept)
     if getattr(losses, "shape", None) != (BATCH,):
         _fail("loss", config.loss, f"returns {_describe(losses)} for a batch of {BATCH}, not one "
               f"loss per example [{BATCH}] (the step takes their mean or sum)")

@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 import jax
 
-from cifar_jax import checkpoint, compilation, data, parallel, report, run, steps
-from cifar_jax.cli import OneLineParser, nonnegative_int, positive
+from cifar_jax import checkpoint, compilation, data, parallel, report, run, steps, sweep
+from cifar_jax.cli import OneLineParser, nonnegative_int, point_spec, positive
 from cifar_jax.config import ConfigError
 from cifar_jax.state import is_stacked
 
@@ -82,6 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--member", type=nonnegative_int, metavar="I",
                    help="of a multi-seed run (--num-seeds), evaluate model I (0-based) alone "
                         "(default: the ensemble of all, their mean probabilities)")
+    p.add_argument("--point", type=point_spec, action="append", metavar="NAME=VALUE",
+                   help="of a sweep (--sweep), evaluate this point's models (repeat for each "
+                        "swept setting of a grid; default: the best point)")
     p.add_argument("--data-dir", help="TFDS data dir holding a prepared cifar10 (default: the run's)")
     p.add_argument("--no-download", dest="download", action="store_const", const=False,
                    help="fail at once, rather than download, when the data dir lacks cifar10")
@@ -104,7 +107,8 @@ def main(argv=None):
     try:
         if args.out:
             check_out_dir(args.out)
-        config, state, epoch = run.load_state(args.workdir, args.checkpoint, args.member)
+        config, state, epoch = run.load_state(args.workdir, args.checkpoint, args.member,
+                                              dict(args.point or ()))
         splits = data.load_cifar10(args.data_dir or config.data_dir,
                                    config.download if args.download is None else args.download)
     except ConfigError as e:
@@ -118,7 +122,11 @@ def main(argv=None):
     test = place_test_set(*splits["test"], config.eval_batch_size, mesh)
     score = ensemble if is_stacked(state) else evaluate  # N models: their ensemble
     summary, predicted = score(state, test)
-    result = {"epoch": epoch, "test_loss": summary["loss"], "test_accuracy": summary["accuracy"]}
+    point = (config.points()[sweep.select(config, dict(args.point or ()),
+                                          (run.read_metrics(args.workdir) or [None])[-1])]
+             if config.sweep else None)  # the one load_state chose
+    result = {"epoch": epoch, **({"point": point} if point else {}),
+              "test_loss": summary["loss"], "test_accuracy": summary["accuracy"]}
     if config.tta:  # the recipe's test-time augmentation: its predictions go in the reports
         tta, predicted = score(state, test, config.tta)
         result.update(test_loss_tta=tta["loss"], test_accuracy_tta=tta["accuracy"])
@@ -131,6 +139,9 @@ def main(argv=None):
         which = (f"the ensemble of {config.num_seeds} models, " if is_stacked(state) else
                  f"model {args.member} (seed {config.seed + args.member}), "
                  if args.member is not None and config.num_seeds > 1 else "")
+        if point:
+            which = (f"point {sweep.label(point)}"
+                     + ("" if args.point else " (the best)") + (f", {which}" if which else ", "))
         print(f"{which}epoch {epoch}: test loss {summary['loss']:.4f} accuracy {summary['accuracy']:.4f} "
               f"({len(predicted):,} images)"
               + (f", with TTA {result['test_accuracy_tta']:.4f}" if config.tta else "")

@@ -12,15 +12,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cifar_jax import checkpoint, compilation, models, run, steps
-from cifar_jax.cli import OneLineParser, nonnegative_int
+from cifar_jax.cli import OneLineParser, nonnegative_int, point_spec
 from cifar_jax.config import ConfigError
 from cifar_jax.data import CLASS_NAMES, IMAGE_SHAPE, to_float
 
 
-def load_run(workdir, member=None):
+def load_run(workdir, member=None, point=None):
     """(config, model, variables) of the newest checkpoint in a training run's `workdir`; of a
-    multi-seed run, every model's variables stacked (their ensemble), or model `member`'s."""
-    config, state, _ = run.load_state(workdir, member=member)
+    multi-seed run, every model's variables stacked (their ensemble), or model `member`'s; of
+    a sweep, those of the point `point` ({setting: value}; default: the best point)."""
+    config, state, _ = run.load_state(workdir, member=member, point=point)
     return config, models.build(config.model, config.dtype), state.variables
 
 
@@ -73,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--member", type=nonnegative_int, metavar="I",
                    help="of a multi-seed run (--num-seeds), use model I (0-based; seed --seed + "
                         "I) alone (default: the ensemble of all, their mean probabilities)")
+    p.add_argument("--point", type=point_spec, action="append", metavar="NAME=VALUE",
+                   help="of a sweep (--sweep), use this point's models (repeat for each swept "
+                        "setting of a grid; default: the best point)")
     return p.parse_args(argv)
 
 
@@ -88,7 +92,7 @@ def main(argv=None):
             print(f"error: {path}: {e}", file=sys.stderr)
             failed += 1
     try:
-        config, model, variables = load_run(args.workdir, args.member)
+        config, model, variables = load_run(args.workdir, args.member, dict(args.point or ()))
     except ConfigError as e:  # a piece of the run that cannot be imported again
         print(f"error: {e}", file=sys.stderr)
         return 2

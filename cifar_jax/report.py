@@ -59,7 +59,10 @@ def plot_confusion_matrix(counts, class_names, path, title="Confusion matrix (te
 
 def plot_history(history, path):
     """Loss and accuracy per epoch, train and test, from the rows of metrics.jsonl; for a
-    multi-seed run, the mean with a band of ± one std over the seeds."""
+    multi-seed run, the mean with a band of ± one std over the seeds; for a sweep, the test
+    curves of each point."""
+    if "points" in history[0]:
+        return _plot_sweep_history(history, path)
     epochs = [row["epoch"] for row in history]
     fig = _figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
@@ -77,5 +80,64 @@ def plot_history(history, path):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _plot_sweep_history(history, path):
+    from cifar_jax.sweep import label
+
+    epochs = [row["epoch"] for row in history]
+    fig = _figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        for i, entry in enumerate(history[0]["points"]):
+            mean = np.array([row["points"][i][f"test_{key}"] for row in history])
+            (line,) = ax.plot(epochs, mean, marker="o", label=label(entry["point"]))
+            if f"test_{key}_std" in entry:
+                std = np.array([row["points"][i][f"test_{key}_std"] for row in history])
+                ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set(xlabel="epoch", ylabel=f"test {key}", title=f"test {key} of each point")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_sweep(config, final, path):
+    """sweep.png: the final test accuracy (with TTA where the recipe has it) against each swept
+    setting, one panel each, with the 95% interval over the seeds as error bars; one line per
+    value of the other swept settings. The learning rate and weight decay on log axes."""
+    from cifar_jax.sweep import label, score_key
+
+    names = [name for name, _ in config.sweep]
+    fig = _figure(figsize=(5 * len(names), 4))
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    key = score_key(final["points"][0])
+    for ax, name in zip(axes, names):
+        others = [other for other in names if other != name]
+        lines = {}  # the other settings' values -> (x, mean, low, high) of each point
+        for entry in final["points"]:
+            point = entry["point"]
+            low, high = entry.get("test_accuracy_ci95", (entry[key], entry[key]))
+            lines.setdefault(tuple(point[o] for o in others), []).append(
+                (point[name], entry[key], low, high))
+        for rest, points in lines.items():
+            x, mean, low, high = map(np.array, zip(*sorted(points)))
+            ax.errorbar(x, mean, yerr=[mean - low, high - mean], marker="o", capsize=3,
+                        label=label(dict(zip(others, rest))) or None)
+        if name in ("learning_rate", "weight_decay") and all(
+                entry["point"][name] > 0 for entry in final["points"]):
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        values = sorted({entry["point"][name] for entry in final["points"]})
+        ax.set_xticks(values, [f"{value:g}" for value in values])
+        seeds = config.num_seeds
+        ax.set(xlabel=name, ylabel=key.replace("_", " "),
+               title=(f"mean and 95% interval of {seeds} seeds" if seeds > 1 else "one seed"))
+        ax.grid(alpha=0.3)
+        if others:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

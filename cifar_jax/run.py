@@ -20,7 +20,7 @@ import socket
 import jax
 from tensorboardX import SummaryWriter
 
-from cifar_jax import checkpoint, contracts, parallel, state
+from cifar_jax import checkpoint, contracts, parallel, state, sweep
 from cifar_jax.config import RUNTIME_FIELDS, Config, ConfigError, ExtensionError
 
 # metrics.jsonl key -> TensorBoard tag
@@ -194,13 +194,15 @@ def commit_metrics(workdir):
     os.replace(path + ".tmp", path)
 
 
-def tensorboard(workdir, first_epoch=1):
-    """A TensorBoard writer for `workdir/tensorboard` whose next step is `first_epoch`.
+def tensorboard(workdir, first_epoch=1, name=""):
+    """A TensorBoard writer for `workdir/tensorboard` (a sweep's point's: for
+    `workdir/tensorboard/NAME`, so that TensorBoard overlays the points as runs) whose next step
+    is `first_epoch`.
 
     On a resumed run, `purge_step` hides whatever the interrupted run logged from that epoch on
     (an epoch whose checkpoint never landed), so the curves go on without duplicated epochs.
     """
-    return SummaryWriter(os.path.join(workdir, "tensorboard"),
+    return SummaryWriter(os.path.join(workdir, "tensorboard", name),
                          purge_step=first_epoch if first_epoch > 1 else None)
 
 
@@ -212,9 +214,11 @@ def log_epoch(writer, row, scalars):
     writer.flush()
 
 
-def load_state(workdir, epoch=None, member=None):
+def load_state(workdir, epoch=None, member=None, point=None):
     """(config, train state, epoch) of a run's newest checkpoint, or of `epoch`'s; of a
-    multi-seed run, its stacked state, or model `member`'s (0-based) alone."""
+    multi-seed run, its stacked state, or model `member`'s (0-based) alone. Of a sweep, the
+    models of the point that `point` ({setting: value}) names, by default of its best point
+    (`sweep.select`), and `member` among them."""
     try:
         config = Config.load(workdir)
     except ExtensionError:
@@ -222,20 +226,30 @@ def load_state(workdir, epoch=None, member=None):
     except ConfigError as e:
         raise RunError(f"{e}: pass the --workdir of a `python -m cifar_jax.train` run") from None
     contracts.check(config)
+    n_seeds = config.num_seeds
+    if member is not None and not 0 <= member < n_seeds:
+        raise RunError(f"--member {member} is not in the run: it trained {n_seeds} "
+                          f"model{'s' if n_seeds > 1 else ''} (seeds {config.seed} to "
+                          f"{config.seed + n_seeds - 1})"
+                          + (" at each point" if config.sweep else "")
+                          + f"; choose 0 to {n_seeds - 1}")
+    try:
+        chosen = sweep.select(config, point, (read_metrics(workdir) or [None])[-1])
+    except ConfigError as e:
+        raise RunError(str(e)) from None
     key = jax.random.key(0)
-    like = state.from_config(config, jax.random.split(key, config.num_seeds)
-                             if config.num_seeds > 1 else key)
+    like = state.from_config(config, jax.random.split(key, config.members)
+                             if config.members > 1 else key)
     try:
         restored, epoch = checkpoint.restore(
             checkpoint.manager(workdir, config.keep_checkpoints, read_only=True), like, epoch)
     except checkpoint.CheckpointError as e:
         raise RunError(str(e)) from None
-    if member is not None:
-        if not 0 <= member < config.num_seeds:
-            raise RunError(f"--member {member} is not in the run: it trained {config.num_seeds} "
-                           f"model{'s' if config.num_seeds > 1 else ''} (seeds {config.seed} to "
-                           f"{config.seed + config.num_seeds - 1}); choose 0 to "
-                           f"{config.num_seeds - 1}")
-        if config.num_seeds > 1:
-            restored = state.member(restored, member)
+    if config.members > 1:
+        first = chosen * n_seeds
+        part = slice(first + member, first + member + 1) if member is not None else \
+            slice(first, first + n_seeds)
+        restored = jax.tree.map(lambda leaf: leaf[part], restored)
+        if part.stop - part.start == 1:  # one model: a plain state
+            restored = state.member(restored, 0)
     return config, restored, epoch

@@ -2,28 +2,34 @@
 confidence interval over them that a multi-seed run reports.
 
 The models themselves are one stacked train state (`state.from_config` with N keys) that
-`steps.train_batches_stacked` trains in one compiled program.
+`steps.train_batches_stacked()` trains in one compiled program.
 """
 
 import math
-import statistics
+
+import numpy as np
 
 
 def confidence_interval(values, level=0.95):
     """(low, high): Student's t interval for the mean of `values` (N >= 2 independent runs)."""
     from scipy import stats  # here, not above: it takes most of a second to import
 
-    n = len(values)
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return statistics.mean(values) - half, statistics.mean(values) + half
+    n, mean = len(values), float(np.mean(values))
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * _std(values) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def _std(values):
+    """The sample std (ddof 1); NaN where a value is (a diverged model's), not an error."""
+    return float(np.std(np.asarray(values, np.float64), ddof=1))
 
 
 def combine(rows):
     """One metrics row from each model's row (same keys): each key's mean over the models, its
     `_std` (sample std, ddof 1), and `per_seed`, every model's value."""
     keys = list(rows[0])
-    combined = {key: statistics.mean(row[key] for row in rows) for key in keys}
-    combined.update({f"{key}_std": statistics.stdev(row[key] for row in rows) for key in keys})
+    combined = {key: float(np.mean([row[key] for row in rows])) for key in keys}
+    combined.update({f"{key}_std": _std([row[key] for row in rows]) for key in keys})
     combined["per_seed"] = {key: [row[key] for row in rows] for key in keys}
     return combined
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -45,6 +46,16 @@ class TrainState(struct.PyTreeNode):
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
+
+
+class SweptState(TrainState):
+    """A sweep's stacked state (`--sweep`): `hyperparams` holds each member's values of the swept
+    settings, {name: [members]} float32, which the step hands to the loss and the augmentations
+    that name them. The optimiser's swept settings are also leaves of its own state
+    (`optax.inject_hyperparams`), where its update reads them. (A subclass, not a field of
+    TrainState: the checkpoints of runs without a sweep keep their layout.)"""
+
+    hyperparams: Any = None
 
 
 # Compiled, the model's init is one program; run op by op, as `model.init` alone is, each of its
@@ -97,19 +108,39 @@ def settings(config):
     return {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
 
 
-def optimizer(config, n_train):
-    """(optax transformation, learning rate at step s) of `config`'s recipe: its optimiser,
-    given the settings its signature names and the run's length, with the run's schedule."""
+def optimizer(config, n_train, point=None):
+    """(optax transformation, the schedule's learning-rate multiplier at step s) of `config`'s
+    recipe: its optimiser, given the settings its signature names and the run's length, with
+    the run's schedule. For a sweep, `point` gives the swept settings' values (by default its
+    first point's), and those the optimiser names become leaves of its state
+    (`optax.inject_hyperparams`), which each member's state sets to its own (`from_config`)."""
     per_epoch, total = run_length(config, n_train)
-    named = {k: v for k, v in settings(config).items() if k != "learning_rate"}  # the first
-    tx = call(lookup("optimizer", config.optimizer).obj, config.learning_rate, **named,
-              total_steps=total, steps_per_epoch=per_epoch)
+    fn = lookup("optimizer", config.optimizer).obj
+    swept = optimizer_arguments(config)
+    point = config.points()[0] if point is None else point
+    named = {**settings(config), **point, "total_steps": total, "steps_per_epoch": per_epoch}
+    learning_rate = named.pop("learning_rate")  # the first argument, whatever its name
+    if swept:
+        names = parameters(fn)
+        arguments = {name: named[name] for name in names if name in named}
+        arguments[next(iter(names))] = learning_rate
+        tx = optax.inject_hyperparams(fn, static_args=tuple(set(names) - set(swept.values())))(
+            **arguments)
+    else:
+        tx = call(fn, learning_rate, **named)
     if not isinstance(tx, optax.GradientTransformation):
         raise ExtensionError(f"optimizer {config.optimizer!r} returned a {type(tx).__name__}, not "
                              f"an optax.GradientTransformation; expected {CONTRACTS['optimizer']}")
     multiplier = optim.SCHEDULES[config.schedule](total)
-    return (optim.scheduled(tx, config.schedule, total),
-            lambda step: config.learning_rate * float(multiplier(step)))
+    return optim.scheduled(tx, config.schedule, total), lambda step: float(multiplier(step))
+
+
+def optimizer_arguments(config):
+    """{swept setting: the optimiser's argument for it} of the settings a sweep varies that the
+    optimiser takes (the learning rate always: its first argument)."""
+    names = list(parameters(lookup("optimizer", config.optimizer).obj))
+    return {setting: names[0] if setting == "learning_rate" else setting
+            for setting, _ in config.sweep if setting == "learning_rate" or setting in names}
 
 
 def step_recipe(config, n_train):
@@ -128,8 +159,34 @@ def from_config(config, rng, n_train=50_000, images=None):
 
     With `rng` a stack of N keys: N such states, stacked along a leading axis into one pytree
     (`is_stacked`), each equal to the state its key alone gives; the steps train them at once.
+    A sweep's N = `config.members` states hold each its point's values (`SweptState`).
     """
+    if config.sweep:
+        return _swept(config, rng, n_train, images)
     if rng.ndim:
         return jax.vmap(lambda key: from_config(config, key, n_train, images))(rng)
     return create(models.build(config.model, config.dtype), optimizer(config, n_train)[0], rng,
                   step_recipe(config, n_train), images)
+
+
+def member_values(config):
+    """{swept setting: its value for each member} as float32 [members], point by point."""
+    return {name: np.repeat(np.array([point[name] for point in config.points()], np.float32),
+                            config.num_seeds) for name, _ in config.sweep}
+
+
+def _swept(config, rng, n_train, images):
+    """`from_config` of a sweep: one state per member (a point's seed), stacked. Each is the
+    state its point's own run starts from, its optimiser's swept settings set in its state."""
+    model = models.build(config.model, config.dtype)
+    tx = optimizer(config, n_train)[0]  # one program for every point, their values its leaves
+    recipe, arguments = step_recipe(config, n_train), optimizer_arguments(config)
+
+    def member(key, values):
+        state = create(model, tx, key, recipe, images)
+        opt_state = optax.tree_utils.tree_set(
+            state.opt_state, **{arguments[k]: v for k, v in values.items() if k in arguments})
+        fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+        return SweptState(**{**fields, "opt_state": opt_state}, hyperparams=values)
+
+    return jax.vmap(member)(rng, member_values(config))

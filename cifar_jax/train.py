@@ -29,11 +29,12 @@ from cifar_jax import (
     run,
     signals,
     steps,
+    sweep,
 )
 from cifar_jax import seeds as multi_seed
 from cifar_jax import state as train_state
 from cifar_jax.cli import OneLineParser, add_config_flags, config_overrides
-from cifar_jax.config import Config, ConfigError
+from cifar_jax.config import Config, ConfigError, check_sweep_flags
 
 PROGRESS_UPDATES = 20  # compiled calls per epoch: the progress bar moves this many times
 
@@ -81,18 +82,20 @@ def resume_command(workdir):
 
 
 def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, first=0, stop=None,
-                seeds=None):
+                members=None, diverged=None):
     """The batches `idx[..., first:, :]` of one epoch, in compiled calls of a
     PROGRESS_UPDATES-th of it, each moving the bar. For a stacked state (N models), `idx`,
-    `mask` and `key` have a leading model axis, and `seeds` names the models.
+    `mask` and `key` have a leading model axis, and `members` names the models.
 
     Returns (state, each call's per-step metrics as numpy, batches done): fewer than the epoch's
     when `stop` was set, which is looked at before each call. A loss that is not finite, or is
-    above DIVERGED_LOSS, raises TrainingError naming the step it first showed up in.
+    above DIVERGED_LOSS, raises TrainingError naming the step it first showed up in; in a
+    sweep (`diverged`, a set), where a point's value may well be too large, the models it
+    happens to are added to `diverged` and the others train on, unless all have diverged.
     """
     n_steps = idx.shape[-2]
     per_call = -(-n_steps // PROGRESS_UPDATES)  # a resumed epoch starts on a call boundary
-    train_batches = steps.train_batches_stacked if seeds else steps.train_batches
+    train_batches = steps.train_batches_stacked() if members else steps.train_batches
     chunks = []
     with tqdm(total=n_steps, initial=first, desc=desc, unit="step", disable=not progress,
               leave=False) as bar:
@@ -104,13 +107,15 @@ def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, fi
                                            mask[..., part, :], key, epoch - 1)
             metrics = jax.device_get(metrics)
             losses = metrics["loss_sum"] / metrics["count"]  # per example, for a "sum" loss too
-            diverged = ~(losses <= DIVERGED_LOSS)  # NaN too
-            if diverged.any():
-                i, *model = np.argwhere(np.moveaxis(diverged, -1, 0))[0]  # first step, model
+            bad = ~(losses <= DIVERGED_LOSS)  # NaN too
+            if bad.any() and diverged is not None and not bad.any(-1).all():
+                diverged.update(np.flatnonzero(bad.any(-1)))
+            elif bad.any():
+                i, *model = np.argwhere(np.moveaxis(bad, -1, 0))[0]  # first step, model
                 value = losses[(*model, i)]
                 how = (f"reached {value:.4g} (over 100 x ln 10)" if np.isfinite(value)
                        else f"became {value}")
-                which = f" (seed {seeds[model[0]]})" if seeds else ""
+                which = f" ({members[model[0]]})" if members else ""
                 raise TrainingError(f"loss {how}{which} at {desc}, step {start + i + 1}/{n_steps}")
             chunks.append(metrics)
             bar.update(losses.shape[-1])
@@ -126,35 +131,83 @@ def epoch_batches(n_train, batch_size, data_key, epoch):
     return jax.vmap(draw)(data_key) if data_key.ndim else draw(data_key)
 
 
-def epoch_row(state, test, train_metrics, epoch, seconds, final_tta=None):
+def epoch_row(state, test, train_metrics, epoch, seconds, final_tta=None, config=None):
     """(the epoch's metrics.jsonl row, the predicted test classes for the reports).
 
     `final_tta`: not None for the final epoch, which adds test-time augmentation's figures
     (when the recipe has it) and, for N models, their ensemble's and the 95% confidence
-    interval of the test accuracy. N models' rows hold the means, `_std`s and `per_seed`.
+    interval of the test accuracy. N models' rows hold the means, `_std`s and `per_seed`; a
+    sweep's (`config.sweep`) hold one such entry per point under "points", and its reports
+    show the best point.
     """
     stacked = train_state.is_stacked(state)
-    train = (steps.summarise_models(train_metrics, state.step.shape[0]) if stacked
-             else [steps.summarise(train_metrics)])
-    tests, predicted = evaluate.evaluate(state, test)
+    if not stacked:
+        train, (tests, predicted) = [steps.summarise(train_metrics)], evaluate.evaluate(state, test)
+        tests, predicted = [tests], predicted[None]
+    else:
+        train = steps.summarise_models(train_metrics, state.step.shape[0])
+        tests, predicted = evaluate.evaluate(state, test)
     rows = [{"train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
              "test_loss": te["loss"], "test_accuracy": te["accuracy"]}
-            for tr, te in zip(train, tests if stacked else [tests])]
+            for tr, te in zip(train, tests)]
     if final_tta:  # its predictions go in the reports
         tta, predicted = evaluate.evaluate(state, test, final_tta)
         for r, t in zip(rows, tta if stacked else [tta]):
             r.update(test_loss_tta=t["loss"], test_accuracy_tta=t["accuracy"])
-    if not stacked:
-        return {"epoch": epoch, **rows[0], "seconds": round(seconds, 3)}, predicted
-    combined = multi_seed.combine(rows)
-    row = {"epoch": epoch, **{k: v for k, v in combined.items() if k != "per_seed"},
+        predicted = predicted if stacked else predicted[None]
+    swept = config is not None and bool(config.sweep)
+    entries = [_combined(state, part, test, rows[part], predicted[part], final_tta)
+               for _, part in (sweep.parts(config) if swept else [({}, slice(None))])]
+    if not swept:
+        (row, predicted), = entries
+        return {"epoch": epoch, **row, "seconds": round(seconds, 3)}, predicted
+    row = {"epoch": epoch, "points": [{"point": point, **entry}
+                                       for (point, _), (entry, _) in zip(sweep.parts(config), entries)],
            "seconds": round(seconds, 3)}
+    return row, entries[row["points"].index(sweep.ranked(row)[0])][1]
+
+
+def _combined(state, part, test, rows, predicted, final_tta):
+    """(one row of models' rows, the predicted classes): a lone model's own; for N models (those
+    of `part` of the state) the mean, std and per_seed values, and in the final epoch their
+    ensemble and 95% interval."""
+    if len(rows) == 1:
+        return rows[0], predicted[0]
+    combined = multi_seed.combine(rows)
+    row = {k: v for k, v in combined.items() if k != "per_seed"}
     if final_tta is not None:
+        if part != slice(None):
+            state = jax.tree.map(lambda leaf: leaf[part], state)
         ensemble, predicted = evaluate.ensemble(state, test, final_tta)
         key = "test_accuracy_tta" if final_tta else "test_accuracy"
         row.update(ensemble_test_loss=ensemble["loss"], ensemble_test_accuracy=ensemble["accuracy"],
                    test_accuracy_ci95=list(multi_seed.confidence_interval(combined["per_seed"][key])))
     return {**row, "per_seed": combined["per_seed"]}, predicted
+
+
+def final_predictions(state, test, config, final):
+    """The predicted test classes the reports show: the model's; N models' ensemble; a sweep's
+    best point's (`final`: the last metrics row). With the recipe's test-time augmentation."""
+    if config.sweep:
+        part = sweep.parts(config)[final["points"].index(sweep.ranked(final)[0])][1]
+        state = jax.tree.map(lambda x: x[part], state)
+    if train_state.is_stacked(state) and state.step.shape[0] > 1:
+        return evaluate.ensemble(state, test, config.tta)[1]
+    if train_state.is_stacked(state):
+        return evaluate.evaluate(state, test, config.tta)[1][0]
+    return evaluate.evaluate(state, test, config.tta)[1]
+
+
+def describe(row):
+    """An epoch's figures for its line: 'train loss 1.2 acc 0.56  test loss ...', the means ±
+    stds of N models, and in the final epoch the TTA and ensemble accuracies."""
+    shown = functools.partial(multi_seed.describe, row)
+    return ((f"train loss {shown('train_loss')} acc {shown('train_accuracy')}  "
+            f"test loss {shown('test_loss')} acc {shown('test_accuracy')}"),
+            (f"  test acc with TTA {shown('test_accuracy_tta')}" if "test_accuracy_tta" in row
+             else "")
+            + (f"  ensemble {row['ensemble_test_accuracy']:.4f}"
+               if "ensemble_test_accuracy" in row else ""))
 
 
 def resume_point(ckpt, interrupted, state, steps_per_epoch):
@@ -186,7 +239,7 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
     the result is the same as that of an uninterrupted run. `stop` (`signals.Stop`): once set,
     the run checkpoints its current step and raises Stopped. Returns the per-epoch rows.
     """
-    mesh = parallel.data_mesh(config.num_seeds)  # batches over "data", N models over "models"
+    mesh = parallel.data_mesh(config.members)  # batches over "data", N models over "models"
     try:
         parallel.check_divisible(config.batch_size, mesh)
     except ValueError as e:
@@ -204,9 +257,16 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
         elif is_main_process and config != run.resumed_config(workdir):
             run.write_config(config, workdir)  # more epochs, or a new learning rate
         if is_main_process:
-            print(f"training {config.model} ({config.optimizer}, lr {config.learning_rate}, "
-                  f"{config.epochs:g} epoch{'s' if config.epochs != 1 else ''}, batch "
-                  f"{config.batch_size}, {config.dtype}) -> {workdir}", flush=True)
+            swept = "".join(f", {name} in {{{', '.join(f'{v:g}' for v in values)}}}"
+                            for name, values in config.sweep)
+            lr = "" if "learning_rate" in dict(config.sweep) else f", lr {config.learning_rate}"
+            print(f"training {config.model} ({config.optimizer}{lr}{swept}, {config.epochs:g} "
+                  f"epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size}, "
+                  f"{config.dtype}) -> {workdir}", flush=True)
+            if config.sweep:
+                print(f"sweep: {len(config.points())} points x {config.num_seeds} seed"
+                      f"{'s' if config.num_seeds > 1 else ''} = {config.members} models in one "
+                      "compiled program", flush=True)
             for note in notes:
                 print(note, file=sys.stderr, flush=True)
         try:
@@ -226,8 +286,11 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
 def _train(config, workdir, splits, mesh, progress, resume, stop):
     """The epochs of `train_and_evaluate`, the run folder ready and held."""
     is_main_process = parallel.is_main_process()
-    # N seeds: one stacked state, each model's keys stacked alike (`seeds`: None for one model)
-    seeds = [config.seed + i for i in range(config.num_seeds)] if config.num_seeds > 1 else None
+    # N models (seeds, a sweep's points): one stacked state, each model's keys stacked alike
+    seeds = config.member_seeds() if config.members > 1 else None
+    members = ([f"{sweep.label(point)}, seed {config.seed + i}" for point in config.points()
+                for i in range(config.num_seeds)] if config.sweep
+               else [f"seed {seed}" for seed in seeds] if seeds else None)
     replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh, stacked=bool(seeds))
     n_train = len(splits["train"][1])
     steps_per_epoch, total_steps = train_state.run_length(config, n_train)
@@ -238,7 +301,7 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
     init_key, data_key, step_key = (
         [jnp.stack(keys) for keys in zip(*map(seed_keys, seeds))] if seeds
         else seed_keys(config.seed))
-    _, learning_rate = train_state.optimizer(config, n_train)
+    _, multiplier = train_state.optimizer(config, n_train)
     state = jax.device_put(train_state.from_config(config, init_key, n_train, splits["train"][0]),
                            parallel.models_split(mesh) if seeds else replicate)
     ckpt = checkpoint.manager(workdir, config.keep_checkpoints)
@@ -257,7 +320,9 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
                   if first else f"resuming after epoch {done}" if done else
                   "no checkpoint yet: starting from the beginning", flush=True)
     saved_step = train_state.steps_done(state)
-    tensorboard = run.tensorboard(workdir, first_epoch=done + 1) if is_main_process else None
+    tensorboard = ({sweep.label(point): run.tensorboard(workdir, done + 1, sweep.label(point))
+                    for point in config.points()} if is_main_process else {})
+    diverged = set() if config.sweep else None  # sweep members whose loss diverged
     compiled = compilation.Tally()  # what each epoch compiled, for its line
     try:
         for epoch in range(done + 1, n_epochs + 1):
@@ -273,8 +338,11 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
             try:
                 state, chunks, batches = train_epoch(state, train_images, train_labels, idx, mask,
                                                      step_key, epoch, desc, progress, first, stop,
-                                                     seeds)
+                                                     members, diverged)
             except TrainingError as e:
+                if config.sweep:  # every model diverged
+                    raise TrainingError(f"{e}, and every other point and seed diverged too: "
+                                        "start a new sweep with smaller values") from None
                 kept = ("the checkpoints before it are kept; to go on from the newest"
                         if ckpt.latest_step() else "no epoch had finished; to start again")
                 raise TrainingError(
@@ -290,7 +358,7 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
                               f"{resume_command(workdir)}", stop.signum)
             seconds, compiling = time.perf_counter() - start, str(compiled)
             row, predicted = epoch_row(state, test, partial, epoch, seconds,
-                                       config.tta if epoch == n_epochs else None)
+                                       config.tta if epoch == n_epochs else None, config)
             first, partial = 0, []
             history.append(row)
             with _writing(workdir):
@@ -302,34 +370,47 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
                 interrupted.delete(step)
             if is_main_process:  # the epoch is done only now, its checkpoint landed
                 run.commit_metrics(workdir)
-                run.log_epoch(tensorboard, row, {
-                    "images_per_second": n_images / seconds,
-                    "learning_rate": learning_rate((epoch - 1) * steps_per_epoch + steps_now - 1)})
-                shown = functools.partial(multi_seed.describe, row)
-                print(f"{desc}  train loss {shown('train_loss')} acc {shown('train_accuracy')}  "
-                      f"test loss {shown('test_loss')} acc {shown('test_accuracy')}  "
-                      f"{seconds:.1f}s ({n_images / seconds:,.0f} img/s"
-                      + (f", {compiling})" if compiling else ")")
-                      + (f"  test acc with TTA {shown('test_accuracy_tta')}"
-                         if "test_accuracy_tta" in row else "")
-                      + (f"  ensemble {row['ensemble_test_accuracy']:.4f}"
-                         if "ensemble_test_accuracy" in row else ""), flush=True)
+                last_step = (epoch - 1) * steps_per_epoch + steps_now - 1
+                speed = (f"{seconds:.1f}s ({n_images / seconds:,.0f} img/s"
+                         + (f", {compiling})" if compiling else ")"))
+                entries = row["points"] if config.sweep else [{"point": {}, **row}]
+                for entry in entries:
+                    lr = entry["point"].get("learning_rate", config.learning_rate)
+                    run.log_epoch(tensorboard[sweep.label(entry["point"])], {**entry, "epoch": epoch},
+                                  {"images_per_second": n_images / len(entries) / seconds,
+                                   "learning_rate": lr * multiplier(last_step)})
+                if not config.sweep:
+                    figures, final = describe(row)
+                    print(f"{desc}  {figures}  {speed}{final}", flush=True)
+                else:
+                    print(f"{desc}  {speed}", flush=True)
+                    width = max(len(sweep.label(entry["point"])) for entry in entries)
+                    for entry in entries:
+                        figures, final = describe(entry)
+                        print(f"  {sweep.label(entry['point']):{width}}  {figures}{final}",
+                              flush=True)
+                if diverged:
+                    print(f"note: diverged (loss above 100 x ln 10, or NaN), training on without "
+                          f"them: {'; '.join(members[i] for i in sorted(diverged))}", flush=True)
+                    diverged.clear()
     finally:
         # Saves have all been awaited; after a failed one, closing may raise the same error again.
         for mngr in (ckpt, interrupted):
             with contextlib.suppress(Exception):
                 mngr.close()
-        if tensorboard is not None:
-            tensorboard.close()
+        for writer in tensorboard.values():
+            writer.close()
         compiled.close()
 
     if predicted is None:  # resumed a run whose epochs were all done
-        predicted = (evaluate.ensemble(state, test, config.tta) if seeds
-                     else evaluate.evaluate(state, test))[1]
+        predicted = final_predictions(state, test, config, history[-1])
     if is_main_process:
         try:
             evaluate.write_reports(workdir, splits["test"][1], predicted)
             report.plot_history(history, os.path.join(workdir, "history.png"))
+            if config.sweep:
+                sweep.write_csv(workdir, config, history[-1])
+                report.plot_sweep(config, history[-1], os.path.join(workdir, sweep.PLOT_FILE))
         except OSError as e:
             raise run.RunError(f"cannot write the reports into {workdir}: {e.strerror.lower()}; "
                                f"every epoch is saved: {resume_command(workdir)} writes them "
@@ -380,6 +461,7 @@ def main(argv=None):
     try:
         if args.resume:
             config = dataclasses.replace(run.resumed_config(workdir), **overrides)
+            check_sweep_flags(config.sweep, overrides)  # a new --learning-rate for a swept one
         else:
             config = Config.for_model(**overrides)
         workdir = workdir or default_workdir(config)
@@ -401,7 +483,10 @@ def main(argv=None):
               f"{resume_command(workdir)}", file=sys.stderr)
         return 130
     final = history[-1]
-    if "per_seed" in final:  # N models: the spread, and the ensemble's accuracy
+    if "points" in final:
+        print(f"done: {sweep.verdict(final)}; the table in {workdir}/{sweep.CSV_FILE}, the plot in "
+              f"{sweep.PLOT_FILE}")
+    elif "per_seed" in final:  # N models: the spread, and the ensemble's accuracy
         key = "test_accuracy_tta" if "test_accuracy_tta" in final else "test_accuracy"
         low, high = final["test_accuracy_ci95"]
         print(f"done: test accuracy{' with TTA' if key.endswith('tta') else ''} "

@@ -97,3 +97,21 @@ def damaged_run(cnn_run, tmp_path):
                 with open(os.path.join(root, name), "wb") as f:
                     f.write(b"garbage")
     return workdir, newest
+
+
+@pytest.fixture(scope="session")
+def lr_sweep(tmp_path_factory):
+    """A 2-epoch MLP sweep of 2 learning rates x seeds 0 and 1, and two of its points' own runs
+    (lr 0.01 seed 0, lr 0.02 seed 1): (config, workdir, history, {(lr, seed): workdir})."""
+    def mlp(**overrides):
+        return Config.for_model("mlp", epochs=2, eval_batch_size=32, **overrides)
+
+    config = mlp(sweep={"learning_rate": [0.01, 0.02]}, num_seeds=2)
+    workdir = str(tmp_path_factory.mktemp("sweep") / "run")
+    alone = {(lr, seed): str(tmp_path_factory.mktemp(f"alone-{lr}-{seed}") / "run")
+             for lr, seed in ((0.01, 0), (0.02, 1))}
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        history = train_and_evaluate(config, workdir, progress=False)
+        for (lr, seed), path in alone.items():
+            train_and_evaluate(mlp(learning_rate=lr, seed=seed), path, progress=False)
+    return config, workdir, history, alone

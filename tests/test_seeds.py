@@ -111,11 +111,12 @@ def test_predict_uses_the_ensemble_and_member_picks_one(two_seeds, tmp_path, cap
 
 def test_a_multi_seed_run_resumes_exactly(two_seeds, mock_cifar10, tmp_path, monkeypatch):
     config, whole, _, _ = two_seeds
-    real = steps.train_batches_stacked
-    monkeypatch.setattr(steps, "train_batches_stacked", interrupting(real))
+    real = steps.train_batches_stacked()
+    cut = interrupting(real)
+    monkeypatch.setattr(steps, "train_batches_stacked", lambda: cut)
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(config, str(tmp_path / "cut"), progress=False)
-    monkeypatch.setattr(steps, "train_batches_stacked", real)
+    monkeypatch.setattr(steps, "train_batches_stacked", lambda: real)
     train_and_evaluate(config, str(tmp_path / "cut"), progress=False, resume=True)
     assert rows(tmp_path / "cut") == rows(whole)
 

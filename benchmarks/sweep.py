@@ -1,0 +1,62 @@
+"""A sweep in one compiled program (`--sweep`, x `--num-seeds`) against its points' separate
+runs one after another: training images/s summed over the models, and compile seconds.
+
+    python -m benchmarks.sweep [--model cnn] [--learning-rates 2.5e-4 5e-4 1e-3 2e-3]
+                               [--num-seeds 2]
+
+The separate runs take, one after another, as many times one run's time as there are models
+(every point's run is the same program but for a constant, and as fast), so their summed rate
+is one model's rate; the ratio is the sweep's summed rate over it. Each separate run also
+compiles its own program (its learning rate is a constant in it), the sweep once. Passes
+alternate between the sides, so drift hits both alike; the median of `--repeats` counts.
+Synthetic data.
+"""
+
+import argparse
+import json
+import statistics
+
+import jax
+
+from benchmarks.throughput import JaxSide
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="cnn", choices=("cnn", "mlp"))
+    p.add_argument("--batch-size", type=int, default=32, help="per model (default: 32)")
+    p.add_argument("--learning-rates", type=float, nargs="+", default=[2.5e-4, 5e-4, 1e-3, 2e-3],
+                   help="the swept points (default: 2.5e-4 5e-4 1e-3 2e-3)")
+    p.add_argument("--num-seeds", type=int, default=2, help="seeds per point (default: 2)")
+    p.add_argument("--images", type=int, default=4096,
+                   help="images per timed pass, per model (default: 4096)")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per side (default: 5)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    print(f"{jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}; "
+          f"jax {jax.__version__}", flush=True)
+    models = len(args.learning_rates) * args.num_seeds
+    single = JaxSide(args.model, args.batch_size, args.images)
+    swept = JaxSide(args.model, args.batch_size, args.images, num_seeds=args.num_seeds,
+                    sweep={"learning_rate": args.learning_rates})
+    rates = {"separate": [], "sweep": []}
+    for _ in range(args.repeats):
+        rates["separate"].append(single.train_pass())
+        rates["sweep"].append(swept.train_pass())
+    one, together = (statistics.median(rates[k]) for k in ("separate", "sweep"))
+    row = {"model": args.model, "batch_size": args.batch_size, "points": len(args.learning_rates),
+           "num_seeds": args.num_seeds, "separate_images_per_s": one,
+           "sweep_images_per_s": together, "ratio": together / one,
+           "sweep_compile_s": swept.compile_s, "separate_compile_s": models * single.compile_s}
+    print(f"{args.model} b{args.batch_size}, {len(args.learning_rates)} points x {args.num_seeds} "
+          f"seeds: the sweep {together:,.0f} img/s (summed), {models} separate runs {one:,.0f} "
+          f"img/s: x{together / one:.2f}; compile {swept.compile_s:.1f} s once against "
+          f"{models} x {single.compile_s:.1f} s", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": jax.devices()[0].device_kind, **row}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

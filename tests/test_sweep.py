@@ -1,0 +1,275 @@
+"""Sweeps in one compiled program (`--sweep`): each point x seed equals its own run; the table,
+plot and per-point TensorBoard runs; resume, evaluate and predict by point; bad specs; several
+devices."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import MOCK_EXAMPLES
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_resume import interrupting, rows
+
+from cifar_jax import evaluate, predict, register_optimizer, run, steps, sweep, train
+from cifar_jax import state as train_state
+from cifar_jax.config import Config, ExtensionError
+from cifar_jax.train import train_and_evaluate
+
+KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+def mlp(**overrides):
+    return Config.for_model("mlp", **{"epochs": 2, "eval_batch_size": 32, **overrides})
+
+
+def test_each_point_and_seed_equals_its_own_run(lr_sweep):
+    """On one CPU device the models train in turn (`steps.train_batches_stacked`), each the
+    one-model program: bit for bit its own run. The evaluation is vmapped: to rounding."""
+    config, workdir, history, alone = lr_sweep
+    for (lr, seed), path in alone.items():
+        point = config.points().index({"learning_rate": lr})
+        separate = rows(path)
+        for epoch, row in enumerate(history):
+            entry = row["points"][point]
+            assert entry["point"] == {"learning_rate": lr}
+            for key in ("train_loss", "train_accuracy"):
+                assert entry["per_seed"][key][seed] == separate[epoch][key], key
+            for key in ("test_loss", "test_accuracy"):
+                assert entry["per_seed"][key][seed] == pytest.approx(separate[epoch][key],
+                                                                     rel=1e-6, abs=1e-7), key
+        mine = run.load_state(workdir, point={"learning_rate": lr}, member=seed)[1]
+        theirs = run.load_state(path)[1]
+        for a, b in zip(jax.tree.leaves(mine.params), jax.tree.leaves(theirs.params), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_step_of_each_swept_optimiser_setting_equals_the_separate_one():
+    """nesterov (airbench's groups) over learning rate, momentum, weight decay and bias scaler
+    at once, on a tree with every group: three updates of each point as its own optimiser's."""
+    sweep_values = {"learning_rate": [5.0, 11.5], "momentum": [0.8, 0.9],
+                    "weight_decay": [0.0, 0.05], "bias_scaler": [16.0, 64.0]}
+    config = Config.for_model("airbench94", sweep=sweep_values)
+    rng = np.random.default_rng(0)
+    params = {"whiten": {"kernel": rng.normal(size=(2, 2, 3, 4)), "bias": rng.normal(size=4)},
+              "BatchNorm_0": {"bias": rng.normal(size=8)}, "Dense_0": {"kernel": rng.normal(size=(8, 3))}}
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    grads = [jax.tree.map(lambda x, i=i: jnp.sin(x * (i + 2)), params) for i in range(3)]
+    tx, arguments = train_state.optimizer(config, 50_000)[0], train_state.optimizer_arguments(config)
+    for point in config.points():
+        state = optax.tree_utils.tree_set(tx.init(params), **{
+            arguments[k]: jnp.float32(v) for k, v in point.items()})
+        alone = train_state.optimizer(Config.for_model("airbench94", **point), 50_000)[0]
+        alone_state = alone.init(params)
+        for g in grads:
+            mine, state = jax.jit(tx.update)(g, state, params)
+            theirs, alone_state = jax.jit(alone.update)(g, alone_state, params)
+            for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_a_swept_label_smoothing_is_the_loss_of_that_value():
+    logits = jnp.asarray(np.random.default_rng(1).normal(size=(5, 10)), jnp.float32)
+    labels = jnp.arange(5)
+    for value in (0.0, 0.2):
+        traced = jax.jit(steps.cross_entropy)(logits, labels, jnp.float32(value))
+        np.testing.assert_allclose(traced, steps.cross_entropy(logits, labels, value), rtol=1e-6)
+
+
+def test_rows_table_plot_and_tensorboard_runs(lr_sweep):
+    _, workdir, history, _ = lr_sweep
+    assert rows(workdir) == [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    final = history[-1]
+    for entry in final["points"]:
+        for key in KEYS:
+            assert entry[key] == pytest.approx(np.mean(entry["per_seed"][key]))
+            assert entry[f"{key}_std"] == pytest.approx(np.std(entry["per_seed"][key], ddof=1))
+        assert {"ensemble_test_accuracy", "test_accuracy_ci95"} <= set(entry)
+    assert "ensemble_test_accuracy" not in history[0]["points"][0]
+    with open(os.path.join(workdir, "sweep.csv")) as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["learning_rate", "test_accuracy", "test_accuracy_std", "ci95_low",
+                        "ci95_high", "seeds"]
+    for line, entry in zip(table[1:], final["points"], strict=True):
+        assert [float(x) for x in line] == pytest.approx(
+            [entry["point"]["learning_rate"], entry["test_accuracy"], entry["test_accuracy_std"],
+             *entry["test_accuracy_ci95"], 2])
+    for name in ("sweep.png", "history.png", "confusion_matrix.png"):
+        with Image.open(os.path.join(workdir, name)) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+    assert sorted(os.listdir(os.path.join(workdir, "tensorboard"))) == [
+        "learning_rate=0.01", "learning_rate=0.02"]
+    for i, entry in enumerate(final["points"]):
+        events = EventAccumulator(os.path.join(workdir, "tensorboard", sweep.label(entry["point"])))
+        events.Reload()
+        accuracy = [e.value for e in events.Scalars("test/accuracy")]
+        assert accuracy == pytest.approx([row["points"][i]["test_accuracy"] for row in history])
+        lr = events.Scalars("train/learning_rate")[-1].value
+        assert lr == pytest.approx(entry["point"]["learning_rate"])
+
+
+def test_the_final_line_names_the_best_point_and_whether_it_stands_out():
+    def entry(lr, mean, low, high):
+        return {"point": {"learning_rate": lr}, "test_accuracy": mean, "test_accuracy_std": 0.01,
+                "test_accuracy_ci95": [low, high], "per_seed": {"test_accuracy": [0, 0, 0]}}
+
+    apart = {"points": [entry(0.001, 0.60, 0.58, 0.62), entry(0.002, 0.70, 0.68, 0.72)]}
+    assert sweep.verdict(apart) == (
+        "best point learning_rate=0.002: test accuracy 0.7000 ± 0.0100 (95% CI 0.6800 to 0.7200, "
+        "3 seeds); the runner-up learning_rate=0.001 has 0.6000 (95% CI 0.5800 to 0.6200): the "
+        "intervals do not overlap: the best point is distinguishable from it")
+    close = {"points": [entry(0.001, 0.69, 0.67, 0.71), entry(0.002, 0.70, 0.68, 0.72)]}
+    assert sweep.verdict(close).endswith("the intervals overlap, so the two are not "
+                                         "distinguishable")
+    one = {"points": [{"point": {"learning_rate": 0.1}, "test_accuracy": 0.5},
+                      {"point": {"learning_rate": 0.2}, "test_accuracy": float("nan")}]}
+    assert sweep.verdict(one) == (
+        "best point learning_rate=0.1: test accuracy 0.5000; the runner-up learning_rate=0.2 has "
+        "nan: one seed per point gives no intervals to tell them apart (use --num-seeds 2 or more)")
+
+
+def test_evaluate_and_predict_take_a_point_and_a_member(lr_sweep, mock_cifar10, tmp_path, capsys):
+    _, workdir, history, _ = lr_sweep
+    final = history[-1]
+    best = sweep.ranked(final)[0]
+    assert evaluate.main(["--workdir", workdir, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["point"] == best["point"]
+    assert got["test_accuracy"] == pytest.approx(best["ensemble_test_accuracy"])
+    assert evaluate.main(["--workdir", workdir, "--json", "--point", "learning_rate=0.02",
+                          "--member", "1"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["test_accuracy"] == pytest.approx(final["points"][1]["per_seed"]["test_accuracy"][1])
+    assert evaluate.main(["--workdir", workdir, "--point", "learning_rate=0.03"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: --point learning_rate=0.03 is not in the sweep; its points: learning_rate=0.01; "
+        "learning_rate=0.02")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
+    answers = []
+    for point in ("learning_rate=0.01", "learning_rate=0.02"):
+        assert predict.main(["--workdir", workdir, str(tmp_path / "x.png"), "--json",
+                             "--point", point]) == 0
+        answers.append(json.loads(capsys.readouterr().out)["probability"])
+    assert answers[0] != answers[1]
+    assert predict.main(["--workdir", workdir, str(tmp_path / "x.png"), "--point", "momentum=1"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: --point momentum: the sweep does not vary it; its points: learning_rate=0.01; "
+        "learning_rate=0.02")
+
+
+def test_a_sweep_resumes_exactly(lr_sweep, mock_cifar10, tmp_path, monkeypatch, capsys):
+    config, whole, _, _ = lr_sweep
+    real = steps.train_batches_stacked()
+    cut = interrupting(real)
+    monkeypatch.setattr(steps, "train_batches_stacked", lambda: cut)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, str(tmp_path / "cut"), progress=False)
+    monkeypatch.setattr(steps, "train_batches_stacked", lambda: real)
+    train_and_evaluate(config, str(tmp_path / "cut"), progress=False, resume=True)
+    assert rows(tmp_path / "cut") == rows(whole)
+    capsys.readouterr()
+    code = train.main(["--workdir", str(tmp_path / "cut"), "--resume", "--learning-rate", "0.1"])
+    assert (code, capsys.readouterr().err.strip()) == (
+        2, "error: --sweep learning_rate and --learning-rate both set learning_rate: drop one")
+
+
+def test_a_point_that_diverges_is_named_and_the_others_train_on(mock_cifar10, tmp_path, capsys):
+    history = train_and_evaluate(mlp(epochs=1, sweep={"learning_rate": [0.01, 1e9]}, num_seeds=2),
+                                 str(tmp_path / "run"), progress=False)
+    out = capsys.readouterr().out
+    assert ("note: diverged (loss above 100 x ln 10, or NaN), training on without them: "
+            "learning_rate=1e+09, seed 0; learning_rate=1e+09, seed 1") in out
+    good, bad = history[-1]["points"]
+    assert np.isfinite(good["train_loss"]) and not np.isfinite(bad["train_loss"])
+    assert f"best point learning_rate=0.01: test accuracy {good['test_accuracy']:.4f}" in \
+        sweep.verdict(history[-1])
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--sweep", "lr=0.1,0.2"], ("--sweep lr: no such setting; sweepable are learning_rate, "
+     "label_smoothing, momentum, weight_decay, bias_scaler")),
+    (["--sweep", "batch_size=32,64"], ("--sweep batch_size: batch_size changes the compiled "
+     "program, which one sweep cannot vary: train separate runs, one per value; sweepable are "
+     "learning_rate, label_smoothing, momentum, weight_decay, bias_scaler")),
+    (["--sweep", "epochs=1,2"], ("--sweep epochs: epochs changes the compiled program, which one "
+     "sweep cannot vary: train separate runs, one per value; sweepable are learning_rate, "
+     "label_smoothing, momentum, weight_decay, bias_scaler")),
+    (["--sweep", "seed=1,2"], ("--sweep seed: seeds are not swept: --num-seeds N trains seeds "
+     "--seed to --seed+N-1 at every point")),
+    (["--sweep", "learning_rate=0.1,-0.2"], ("--sweep learning_rate: learning_rate must be a "
+     "positive number, got -0.2")),
+    (["--sweep", "label_smoothing=0.1,1.5"], ("--sweep label_smoothing: label_smoothing must be "
+     "below 1, got 1.5")),
+    (["--sweep", "learning_rate="], ("--sweep learning_rate has no values: give them as "
+     "learning_rate=V1,V2,...")),
+    (["--sweep", "learning_rate=0.1,0.1"], ("--sweep learning_rate lists 0.1 twice: give each "
+     "value once")),
+    (["--sweep", "learning_rate=0.1", "--sweep", "learning_rate=0.2"], ("--sweep learning_rate is "
+     "given twice: list all its values in one --sweep learning_rate=V1,V2,...")),
+    (["--sweep", "learning_rate=0.1,0.2", "--learning-rate", "0.3"], ("--sweep learning_rate and "
+     "--learning-rate both set learning_rate: drop one")),
+    (["--sweep", "momentum=0.5,0.9"], ("--sweep momentum: momentum is taken by none of the run's "
+     "pieces (optimizer 'adam', loss 'cross_entropy'): choose a piece that takes it")),
+])
+def test_a_bad_sweep_is_one_line_exit_2_and_nothing_written(flags, message, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert train.main(["--model", "cnn", "--workdir", str(workdir), *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not workdir.exists()
+
+
+def test_a_sweep_spec_that_is_not_name_equals_numbers_is_a_usage_error(capsys):
+    for spec, why in (("learning_rate", ("expected NAME=V1,V2,... (e.g. learning_rate=1e-3,2e-3), "
+                                        "got 'learning_rate'")),
+                      ("learning_rate=0.1,fast", "learning_rate: 'fast' is not a number")):
+        with pytest.raises(SystemExit) as exit_:
+            train.main(["--sweep", spec])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.strip() == (
+            f"python -m cifar_jax.train: error: argument --sweep: {why} (see --help)")
+
+
+def test_an_optimiser_that_needs_a_python_number_is_named(tmp_path):
+    def picky(learning_rate=0.1, momentum=0.9):
+        return optax.sgd(learning_rate, momentum if momentum > 0.5 else None)
+
+    register_optimizer("picky", picky)
+    config = Config.for_model("mlp", optimizer="picky", sweep={"momentum": [0.1, 0.9]})
+    with pytest.raises(ExtensionError, match=r"^optimizer 'picky' failed with the swept momentum "
+                       r"as traced JAX values \(the step gives every point's at once: compute "
+                       r"with them, but not in Python's if, round or int\): "
+                       r"TracerBoolConversionError"):
+        train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_points_and_seeds_spread_over_simulated_devices(lr_sweep, tmp_path):
+    """4 CPU devices: 2 points x 2 seeds take a "models" axis of 4 (vmapped there, not in turn);
+    after one epoch each model is the one-device run's, but for rounding."""
+    config, _, history, _ = lr_sweep
+    code = f"""
+import json, tensorflow_datasets as tfds
+from cifar_jax.config import Config
+from cifar_jax.train import train_and_evaluate
+with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
+    history = train_and_evaluate(Config.for_model("mlp", epochs=1, eval_batch_size=32,
+                                 num_seeds=2, sweep={dict(config.sweep)!r}),
+                                 {str(tmp_path / "run")!r}, progress=False)
+print(json.dumps([entry["per_seed"] for entry in history[-1]["points"]]))
+"""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    for got, entry in zip(json.loads(proc.stdout.splitlines()[-1]), history[0]["points"],
+                          strict=True):
+        for key in KEYS:
+            assert got[key] == pytest.approx(entry["per_seed"][key], rel=1e-5, abs=1e-6)
