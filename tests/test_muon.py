@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import MOCK_EXAMPLES
 
-from cifar_jax import register_model, train
+from cifar_jax import data, register_model, train
 from cifar_jax import state as train_state
 from cifar_jax.config import REGISTRY, Config
 from cifar_jax.models.airbench import AirbenchNet, whitening_kernel
@@ -154,6 +154,19 @@ def test_whiten_bias_epochs_zero_freezes_the_stem_bias():
     assert np.all(updates["group1"]["norm1"]["bias"] != 0)
 
 
+def test_newton_schulz_runs_in_the_runs_dtype():
+    """--dtype bfloat16: the iteration in bfloat16, as the original's; the update stays float32."""
+    params = small_params(np.random.default_rng(4))
+    grads = jax.tree.map(lambda p: p + 1, params)
+    updates = {}
+    for dtype in ("float32", "bfloat16"):
+        tx = recipe.muon(dtype=dtype, batch_size=1, total_steps=4, steps_per_epoch=2)
+        updates[dtype] = tx.update(grads, tx.init(params), params)[0]["group1"]["conv1"]["kernel"]
+    assert updates["bfloat16"].dtype == jnp.float32
+    assert not np.array_equal(updates["bfloat16"], updates["float32"])
+    np.testing.assert_allclose(updates["bfloat16"], updates["float32"], atol=0.02)
+
+
 def test_the_recipe_and_its_run_length():
     config = Config.for_model("airbench94_muon")
     assert (config.optimizer, config.epochs, config.batch_size, config.drop_last) == (
@@ -227,6 +240,7 @@ def one_seed(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("muon") / "run")
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
         history = train_and_evaluate(narrow_config(), workdir, progress=False)
+    del REGISTRY["model"]["airbench94_muon_narrow"]  # each test that reads the run registers it
     return workdir, history
 
 
@@ -238,7 +252,6 @@ def test_recipe_trains_on_mock_data(one_seed, mock_cifar10):
     assert all(math.isfinite(row["train_loss"]) for row in history)
     _, state, epoch = load_state(workdir)
     assert (epoch, int(state.step)) == (2, 4)
-    from cifar_jax import data
     images = data.load_cifar10()["train"][0]
     np.testing.assert_allclose(state.params["whiten"]["kernel"][..., :12],
                                whitening_kernel(images[:5000])[..., 11::-1], rtol=1e-5, atol=1e-6)

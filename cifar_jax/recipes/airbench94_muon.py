@@ -33,8 +33,8 @@ factor, no renormalisation), so the pieces here are Optax's `trace`, `stateless`
 Run length: `--epochs E` is the original with 8 -> E, nothing else changed: total_steps =
 ceil(E x steps per epoch), every lr decays to zero over them; the stem bias still trains for
 ceil(3 x steps per epoch) steps, its lr falling to zero over those. So in a run shorter than
-3 epochs it trains over the whole run and its lr stops short of zero (at E = 2: 1/3 of 0.053
-at the last step), as the edited original would do; and the torch port
+3 epochs it trains over the whole run and its lr stops short of zero (at E = 2, 50 steps: 26/75
+of 0.053 at the last step), as the edited original would do; and the torch port
 (`benchmarks/airbench_muon_torch.py`) does the same.
 
 Where this port differs from the original, and why:
