@@ -126,12 +126,16 @@ class AirbenchNet(nn.Module):
     num_classes: int = 10
     dtype: Any = jnp.float32
     conv: Callable = lax.conv_general_dilated
+    # Initialisers of the stem's bias and of the head's kernel (airbench94: zero, and PyTorch's
+    # default); airbench94_muon changes both (`cifar_jax/recipes/airbench94_muon.py`).
+    whiten_bias_init: Callable = nn.initializers.zeros
+    head_init: Callable = torch_default_init
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = normalize(x)
         x = nn.Conv(self.whiten_width, (2, 2), padding="VALID", use_bias=True,
-                    kernel_init=dirac_init(), bias_init=nn.initializers.zeros,
+                    kernel_init=dirac_init(), bias_init=self.whiten_bias_init,
                     dtype=self.dtype, param_dtype=jnp.float32, conv_general_dilated=self.conv,
                     name="whiten")(x)
         x = nn.gelu(x, approximate=False)
@@ -139,7 +143,7 @@ class AirbenchNet(nn.Module):
             x = ConvGroup(width, self.batchnorm_momentum, dtype=self.dtype, conv=self.conv,
                           name=f"group{i + 1}")(x, train)
         x = x.max(axis=(1, 2))  # MaxPool2d(3) on the last 3x3, then flatten
-        x = nn.Dense(self.num_classes, use_bias=False, kernel_init=torch_default_init,
+        x = nn.Dense(self.num_classes, use_bias=False, kernel_init=self.head_init,
                      dtype=self.dtype, param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32) * self.scaling_factor
 

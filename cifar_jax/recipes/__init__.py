@@ -14,4 +14,4 @@ register_augmentation("translate", augment.random_translate)
 register_augmentation("cutout", augment.cutout)
 register_loss("cross_entropy", steps.cross_entropy)
 
-from cifar_jax.recipes import tutorial, airbench94  # noqa: F401, I001 - they name the parts above
+from cifar_jax.recipes import tutorial, airbench94, airbench94_muon  # noqa: F401, I001 - they name the parts above

@@ -1,0 +1,283 @@
+"""The airbench94_muon recipe (`cifar_jax/recipes/airbench94_muon.py`): its optimiser against
+NumPy transcriptions of the PyTorch original (KellerJordan/cifar10-airbench, airbench94_muon.py:
+`Muon.step`, `zeropower_via_newtonschulz5`, torch.optim.SGD and the lr loop of `main()`), its
+network, and short runs on mock data (a narrow net)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+from conftest import MOCK_EXAMPLES
+
+from cifar_jax import data, register_model, train
+from cifar_jax import state as train_state
+from cifar_jax.config import REGISTRY, Config
+from cifar_jax.models.airbench import AirbenchNet, whitening_kernel
+from cifar_jax.recipes import airbench94_muon as recipe
+from cifar_jax.run import load_state
+from cifar_jax.train import train_and_evaluate
+
+# --- NumPy transcriptions of the original --------------------------------------------------------
+
+
+def zeropower_via_newtonschulz5(G, steps=3, eps=1e-7):
+    """The original's function, in float64 (it runs in bfloat16)."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = G.astype(np.float64)
+    X /= (np.linalg.norm(X) + eps)
+    if G.shape[0] > G.shape[1]:
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    if G.shape[0] > G.shape[1]:
+        X = X.T
+    return X
+
+
+def muon_step(p, g, buf, lr, momentum=0.6):
+    """The original's `Muon.step` (nesterov=True) for one parameter [out, in, kh, kw]."""
+    buf = momentum * buf + g
+    g = g + momentum * buf
+    p = p * (len(p) ** 0.5 / np.linalg.norm(p))
+    update = zeropower_via_newtonschulz5(g.reshape(len(g), -1)).reshape(g.shape)
+    return p - lr * update, buf
+
+
+def sgd_step(p, g, buf, lr, weight_decay, momentum=0.85):
+    """torch.optim.SGD(nesterov=True) for one parameter (its buffer starts as the first g)."""
+    g = g + weight_decay * p
+    buf = momentum * buf + g
+    g = g + momentum * buf
+    return p - lr * g, buf
+
+
+def to_torch(kernel):
+    return np.transpose(kernel, (3, 2, 0, 1))  # HWIO -> OIHW
+
+
+def to_flax(weight):
+    return np.transpose(weight, (2, 3, 1, 0))
+
+
+# --- the optimiser -----------------------------------------------------------------------------
+
+
+def small_params(rng):
+    """An airbench-like params tree: the stem, a kernel with out < in*kh*kw and one with
+    out > in*kh*kw (the transposed branch), a BatchNorm bias and a head."""
+    f = lambda *shape: rng.standard_normal(shape).astype(np.float32) * 0.3
+    return {"whiten": {"kernel": f(2, 2, 3, 24), "bias": f(24)},
+            "group1": {"conv1": {"kernel": f(3, 3, 4, 8)}, "conv2": {"kernel": f(3, 3, 2, 32)},
+                       "norm1": {"bias": f(8)}},
+            "head": {"kernel": f(32, 10)}}
+
+
+def test_muon_matches_the_original_step_by_step():
+    rng = np.random.default_rng(0)
+    params = small_params(rng)
+    total, batch = 6, 2000  # stem bias: ceil(3 * 1) = 3 steps, then frozen
+    tx = recipe.muon(batch_size=batch, total_steps=total, steps_per_epoch=1)
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    wd = 2e-6 * batch
+    ref = jax.tree.map(lambda p: np.asarray(p, np.float64), params)
+    ref["group1"]["conv1"]["kernel"] = to_torch(ref["group1"]["conv1"]["kernel"])
+    ref["group1"]["conv2"]["kernel"] = to_torch(ref["group1"]["conv2"]["kernel"])
+    bufs = jax.tree.map(np.zeros_like, ref)
+    for t in range(5):
+        grads = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32), params)
+        updates, state = step(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        # the original's loop: lrs set before the step, from the 0-based step count
+        for name in ("conv1", "conv2"):
+            g = to_torch(np.asarray(grads["group1"][name]["kernel"], np.float64))
+            ref["group1"][name]["kernel"], bufs["group1"][name]["kernel"] = muon_step(
+                ref["group1"][name]["kernel"], g, bufs["group1"][name]["kernel"],
+                0.24 * (1 - t / total))
+        for path, lr, until in ((("group1", "norm1", "bias"), 0.053, total),
+                                (("head", "kernel"), 0.67, total), (("whiten", "bias"), 0.053, 3)):
+            if t >= until:  # no gradient: torch skips the parameter
+                continue
+            *where, leaf = path
+            p, b = _get(ref, where), _get(bufs, where)
+            g = np.asarray(_get(grads, path), np.float64)
+            p[leaf], b[leaf] = sgd_step(p[leaf], g, b[leaf], lr * (1 - t / until), wd / lr)
+        got = jax.tree.map(np.asarray, params)
+        for name in ("conv1", "conv2"):
+            np.testing.assert_allclose(to_torch(got["group1"][name]["kernel"]),
+                                       ref["group1"][name]["kernel"], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name} at step {t}")
+        for path in (("group1", "norm1", "bias"), ("head", "kernel"), ("whiten", "bias")):
+            np.testing.assert_allclose(_get(got, path), _get(ref, path), rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{path} at step {t}")
+        np.testing.assert_array_equal(got["whiten"]["kernel"],
+                                      small_params(np.random.default_rng(0))["whiten"]["kernel"])
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def test_newton_schulz_is_the_originals_on_both_orientations():
+    rng = np.random.default_rng(1)
+    for shape in ((8, 36), (32, 18)):
+        g = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(recipe.newton_schulz(jnp.asarray(g)),
+                                   zeropower_via_newtonschulz5(g), rtol=1e-5, atol=1e-6)
+
+
+def test_filters_are_renormalised_to_sqrt_out_before_the_step():
+    """With a zero gradient the Muon update is zero: what is left is the renormalisation."""
+    kernel = np.random.default_rng(2).standard_normal((3, 3, 4, 8)).astype(np.float32)
+    params = {"conv": {"kernel": kernel}}
+    tx = recipe.muon(batch_size=1, total_steps=10, steps_per_epoch=1)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, updates)["conv"]["kernel"]
+    assert float(jnp.linalg.norm(new)) == pytest.approx(math.sqrt(8), rel=1e-6)
+    np.testing.assert_allclose(new, kernel * math.sqrt(8) / np.linalg.norm(kernel), rtol=1e-6)
+
+
+def test_whiten_bias_epochs_zero_freezes_the_stem_bias():
+    params = small_params(np.random.default_rng(3))
+    tx = recipe.muon(whiten_bias_epochs=0, batch_size=1, total_steps=4, steps_per_epoch=2)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert not np.any(updates["whiten"]["bias"]) and not np.any(updates["whiten"]["kernel"])
+    assert np.all(updates["group1"]["norm1"]["bias"] != 0)
+
+
+def test_newton_schulz_runs_in_the_runs_dtype():
+    """--dtype bfloat16: the iteration in bfloat16, as the original's; the update stays float32."""
+    params = small_params(np.random.default_rng(4))
+    grads = jax.tree.map(lambda p: p + 1, params)
+    updates = {}
+    for dtype in ("float32", "bfloat16"):
+        tx = recipe.muon(dtype=dtype, batch_size=1, total_steps=4, steps_per_epoch=2)
+        updates[dtype] = tx.update(grads, tx.init(params), params)[0]["group1"]["conv1"]["kernel"]
+    assert updates["bfloat16"].dtype == jnp.float32
+    assert not np.array_equal(updates["bfloat16"], updates["float32"])
+    np.testing.assert_allclose(updates["bfloat16"], updates["float32"], atol=0.02)
+
+
+def test_the_recipe_and_its_run_length():
+    config = Config.for_model("airbench94_muon")
+    assert (config.optimizer, config.epochs, config.batch_size, config.drop_last) == (
+        "muon", 8, 2000, True)
+    assert (config.learning_rate, config.momentum, config.weight_decay,
+            config.whiten_bias_epochs) == (0.24, 0.6, 2e-6, 3)
+    assert (config.reduction, config.label_smoothing, config.schedule, config.lookahead,
+            config.tta) == ("sum", 0.2, "constant", False, 2)
+    assert config.augmentations == ("alternating_flip", "translate") and config.translate_pad == 2
+    assert train_state.run_length(config, 50_000) == (25, 200)
+    assert train_state.run_length(Config.for_model("airbench94_muon", epochs=2.5), 50_000) == (
+        25, 63)
+
+
+# --- the network -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def net_and_variables():
+    net = recipe.airbench94_muon(jnp.float32)
+    return net, jax.jit(lambda k: net.init(k, jnp.zeros((1, 32, 32, 3)), train=False))(
+        jax.random.key(0))
+
+
+def test_network_is_airbench94s_with_the_muon_changes(net_and_variables):
+    net, variables = net_and_variables
+    params = variables["params"]
+    plain = jax.eval_shape(lambda: AirbenchNet().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, plain["params"])
+    assert sum(p.size for p in jax.tree.leaves(params)) == 1_971_640
+    assert net.scaling_factor == 1 / 256 and net.batchnorm_momentum == 0.6
+    head = params["head"]["kernel"]
+    assert float(jnp.std(head, ddof=1)) == pytest.approx(1.0, rel=1e-5)
+    bias = params["whiten"]["bias"]
+    assert float(jnp.abs(bias).max()) <= 1 / math.sqrt(12) and float(jnp.abs(bias).min()) > 0
+    # The logits are the head's output / 256.
+    images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    logits, state = net.apply(variables, images, capture_intermediates=True)
+    head_out = state["intermediates"]["head"]["__call__"][0]
+    np.testing.assert_allclose(logits, head_out / 256, rtol=1e-6)
+
+
+def test_whitening_filters_in_the_originals_order(net_and_variables):
+    net, variables = net_and_variables
+    images = np.random.default_rng(4).integers(0, 256, (40, 32, 32, 3), np.uint8)
+    kernel = net.init_from_data(variables, images)["params"]["whiten"]["kernel"]
+    largest_first = whitening_kernel(images)
+    np.testing.assert_array_equal(kernel[..., :12], largest_first[..., 11::-1])
+    np.testing.assert_array_equal(kernel[..., 12:], -kernel[..., :12])
+    assert variables["params"]["whiten"]["kernel"] is not kernel  # pure
+
+
+# --- runs on mock data -------------------------------------------------------------------------
+
+
+def narrow_muon(dtype):
+    """airbench94_muon's network, narrow, so that a test compiles in seconds."""
+    return recipe.AirbenchMuonNet(widths=(16, 32, 32), scaling_factor=1 / 32, dtype=dtype)
+
+
+def narrow_config(**overrides):
+    register_model("airbench94_muon_narrow", narrow_muon,
+                   **REGISTRY["model"]["airbench94_muon"].recipe)
+    return Config.for_model("airbench94_muon_narrow",
+                            **{"batch_size": 32, "eval_batch_size": 32, "epochs": 2, **overrides})
+
+
+@pytest.fixture(scope="module")
+def one_seed(tmp_path_factory):
+    """2 epochs of the recipe (narrow), batch 32 on 70 mock images: 2 steps an epoch."""
+    workdir = str(tmp_path_factory.mktemp("muon") / "run")
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        history = train_and_evaluate(narrow_config(), workdir, progress=False)
+    del REGISTRY["model"]["airbench94_muon_narrow"]  # each test that reads the run registers it
+    return workdir, history
+
+
+def test_recipe_trains_on_mock_data(one_seed, mock_cifar10):
+    workdir, history = one_seed
+    narrow_config()  # registered again for load_state
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert "test_accuracy_tta" in history[-1] and "test_accuracy_tta" not in history[0]
+    assert all(math.isfinite(row["train_loss"]) for row in history)
+    _, state, epoch = load_state(workdir)
+    assert (epoch, int(state.step)) == (2, 4)
+    images = data.load_cifar10()["train"][0]
+    np.testing.assert_allclose(state.params["whiten"]["kernel"][..., :12],
+                               whitening_kernel(images[:5000])[..., 11::-1], rtol=1e-5, atol=1e-6)
+
+
+def test_two_seeds_at_once(one_seed, mock_cifar10, tmp_path):
+    """One epoch (no TTA, to compile less) of seeds 0 and 1 in one program."""
+    history = train_and_evaluate(narrow_config(num_seeds=2, epochs=1, tta=0),
+                                 str(tmp_path / "run"), progress=False)
+    assert [row["epoch"] for row in history] == [1]
+    losses = history[0]["per_seed"]["train_loss"]
+    assert len(losses) == 2 and losses[0] != losses[1]
+    # Seed 0 is the one-seed run: its first epoch (steps 0 and 1) takes the same steps in a
+    # 1-epoch run as in a 2-epoch one (the lrs at step 0 are the full ones whatever the run's
+    # length). Vmapped matmuls may round differently.
+    assert losses[0] == pytest.approx(one_seed[1][0]["train_loss"], rel=1e-5)
+
+
+def test_cnn_trains_with_muon(mock_cifar10, tmp_path):
+    config = Config.for_model("cnn", optimizer="muon")
+    params = train_state.from_config(config, jax.random.key(0), n_train=64).params
+    labels = recipe.muon_param_labels(params)
+    assert (labels["Conv_0"]["kernel"], labels["Conv_0"]["bias"], labels["Dense_1"]["kernel"],
+            labels["Dense_1"]["bias"]) == (recipe.FILTERS, recipe.BIAS, recipe.HEAD, recipe.BIAS)
+    assert train.main(["--model", "cnn", "--optimizer", "muon", "--epochs", "1", "--workdir",
+                       str(tmp_path / "run"), "--no-progress", "--eval-batch-size", "32"]) == 0
+    _, state, _ = load_state(str(tmp_path / "run"))
+    assert int(state.step) == 3  # 70 images, batch 32, the partial batch padded
+    assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(state.params))
