@@ -1,8 +1,10 @@
-"""The airbench94 recipe, cifar_jax beside the PyTorch port (`benchmarks/airbench_torch.py`), in
-one run on one machine: training images/s, and test accuracy (with TTA) over several seeds.
+"""The airbench recipes, cifar_jax beside their PyTorch ports (`benchmarks/airbench_torch.py`
+for airbench94, `benchmarks/airbench_muon_torch.py` for airbench94_muon), in one run on one
+machine: training images/s, and test accuracy (with TTA) over several seeds.
 
     python -m benchmarks.airbench --throughput                  # images/s at batch 1024, both sides
     python -m benchmarks.airbench --data-dir DIR --seeds 0 1 2 --epochs 2 --json out.json
+    python -m benchmarks.airbench --recipe airbench94_muon --throughput   # batch 2000
 
 Throughput: steady-state training steps on random data (compilation and warm-up apart), passes
 taken in turn so that drift hits both sides alike; the median counts. Accuracy: each seed trains
@@ -20,18 +22,22 @@ import time
 import jax
 import numpy as np
 
-from benchmarks import airbench_torch
+from benchmarks import airbench_muon_torch, airbench_torch
 from cifar_jax import data, steps
 from cifar_jax import state as train_state
 from cifar_jax.config import Config
 from cifar_jax.train import train_and_evaluate
 
+# recipe -> its PyTorch port, and the batch size it trains at
+PORTS = {"airbench94": (airbench_torch, 1024), "airbench94_muon": (airbench_muon_torch, 2000)}
+
 
 class JaxSide:
-    """cifar_jax's compiled airbench94 step on random uint8 images kept on the device."""
+    """cifar_jax's compiled step of an airbench recipe on random uint8 images kept on the
+    device."""
 
-    def __init__(self, batch_size, steps_per_pass, dtype="float32"):
-        config = Config.for_model("airbench94", batch_size=batch_size, dtype=dtype)
+    def __init__(self, batch_size, steps_per_pass, dtype="float32", recipe="airbench94"):
+        config = Config.for_model(recipe, batch_size=batch_size, dtype=dtype)
         rng = np.random.default_rng(0)
         n = batch_size * steps_per_pass
         images = rng.integers(0, 256, (n, 32, 32, 3), np.uint8)
@@ -53,9 +59,9 @@ class JaxSide:
         return len(self.labels) / (time.perf_counter() - start)
 
 
-def throughput(batch_size, steps_per_pass, repeats, device):
-    jax_side = JaxSide(batch_size, steps_per_pass)
-    torch_pass = airbench_torch.throughput_pass(batch_size, steps_per_pass, device)
+def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94"):
+    jax_side = JaxSide(batch_size, steps_per_pass, recipe=recipe)
+    torch_pass = PORTS[recipe][0].throughput_pass(batch_size, steps_per_pass, device)
     rates = {"cifar_jax": [], "pytorch": []}
     for _ in range(repeats):
         rates["cifar_jax"].append(jax_side.train_pass())
@@ -63,24 +69,24 @@ def throughput(batch_size, steps_per_pass, repeats, device):
     result = {side: statistics.median(r) for side, r in rates.items()}
     result["ratio"] = result["cifar_jax"] / result["pytorch"]
     result["cifar_jax_compile_s"] = jax_side.compile_s
-    print(f"airbench94 batch {batch_size}: cifar_jax {result['cifar_jax']:,.0f} img/s, PyTorch "
+    print(f"{recipe} batch {batch_size}: cifar_jax {result['cifar_jax']:,.0f} img/s, PyTorch "
           f"{result['pytorch']:,.0f} img/s (x{result['ratio']:.2f}); cifar_jax compile "
           f"{jax_side.compile_s:.1f} s", flush=True)
     return result
 
 
-def accuracy(data_dir, seeds, epochs, device):
+def accuracy(data_dir, seeds, epochs, device, recipe="airbench94"):
     splits = data.load_cifar10(data_dir, download=False)
     runs = {"cifar_jax": [], "pytorch": []}
     for seed in seeds:
         with tempfile.TemporaryDirectory() as workdir:
-            config = Config.for_model("airbench94", epochs=epochs, seed=seed, data_dir=data_dir,
+            config = Config.for_model(recipe, epochs=epochs, seed=seed, data_dir=data_dir,
                                       download=False)
             history = train_and_evaluate(config, os.path.join(workdir, "run"), progress=False)
         runs["cifar_jax"].append({"seed": seed, "test_accuracy": history[-1]["test_accuracy"],
                                   "test_accuracy_tta": history[-1]["test_accuracy_tta"],
                                   "train_seconds": sum(row["seconds"] for row in history)})
-        torch_run = airbench_torch.train(*splits["train"], *splits["test"], seed=seed,
+        torch_run = PORTS[recipe][0].train(*splits["train"], *splits["test"], seed=seed,
                                          epochs=epochs, device=device, progress=False)
         runs["pytorch"].append({key: torch_run[key] for key in (
             "seed", "test_accuracy", "test_accuracy_tta", "train_seconds")})
@@ -104,16 +110,20 @@ def _mean_std(rows):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.airbench",
                                 description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", choices=sorted(PORTS), default="airbench94",
+                   help="which recipe, with its PyTorch port (default: airbench94)")
     p.add_argument("--throughput", action="store_true",
                    help="measure training images/s on random data instead of training")
-    p.add_argument("--batch-size", type=int, default=1024, help="throughput's batch (default: 1024)")
+    p.add_argument("--batch-size", type=int,
+                   help="throughput's batch (default: the recipe's, 1024 or 2000)")
     p.add_argument("--steps", type=int, default=4, help="throughput: steps per timed pass (default: 4)")
     p.add_argument("--repeats", type=int, default=5,
                    help="throughput: timed passes per side; the median counts (default: 5)")
     p.add_argument("--data-dir", help="a prepared TFDS cifar10 (accuracy runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="accuracy: seeds trained on each side (default: 0 1 2)")
-    p.add_argument("--epochs", type=float, default=9.9, help="accuracy: epochs (default: 9.9)")
+    p.add_argument("--epochs", type=float,
+                   help="accuracy: epochs (default: the recipe's, 9.9 or 8)")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    default="cuda" if jax.default_backend() == "gpu" else "cpu",
                    help="PyTorch's device (default: the one JAX uses)")
@@ -122,13 +132,17 @@ def main(argv=None):
     print(f"{jax.default_backend()}: {jax.devices()[0].device_kind}; jax {jax.__version__}, "
           f"torch {airbench_torch.torch.__version__}", flush=True)
     if args.throughput:
-        result = throughput(args.batch_size, args.steps, args.repeats, args.device)
+        result = throughput(args.batch_size or PORTS[args.recipe][1], args.steps, args.repeats,
+                            args.device, args.recipe)
     else:
-        result = accuracy(args.data_dir, args.seeds, args.epochs, args.device)
+        result = accuracy(args.data_dir, args.seeds,
+                          args.epochs or Config.for_model(args.recipe).epochs, args.device,
+                          args.recipe)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-                       "jax": jax.__version__, **result}, f, indent=2)
+            json.dump({"recipe": args.recipe, "backend": jax.default_backend(),
+                       "device": jax.devices()[0].device_kind, "jax": jax.__version__, **result},
+                      f, indent=2)
 
 
 if __name__ == "__main__":

@@ -200,6 +200,43 @@ def optimizer_step(optimizers, step, total_steps, whiten_steps):
         opt.step()
 
 
+def throughput_pass(batch_size=BATCH_SIZE, steps=4, device="cpu", warmup=2):
+    """A function that runs `steps` training steps of the network and both optimisers on random
+    data and returns the images/s they ran at: the same step as `train` (forward, summed
+    smoothed loss, backward, the lr setting, SGD and Muon), no data loading or augmentation.
+    `warmup` steps run once first, untimed."""
+    device = ab._device(device)
+    torch.manual_seed(0)
+    net = make_net(device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    x = torch.randn(batch_size, 3, 32, 32, device=device, dtype=dtype)  # NCHW, as crops are
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    init_whitening(net.whiten, x)
+    optimizers = make_optimizers(net, batch_size)
+    total = 1_000_000  # a long schedule: the passes never reach its end
+    net.train()
+    done = 0
+
+    def run(n):
+        nonlocal done
+        for _ in range(n):
+            loss = F.cross_entropy(net(x), y, label_smoothing=LABEL_SMOOTHING, reduction="sum")
+            loss.backward()
+            optimizer_step(optimizers, done, total, total)
+            net.zero_grad(set_to_none=True)
+            done += 1
+
+    def timed_pass():
+        ab._sync(device)
+        start = time.perf_counter()
+        run(steps)
+        ab._sync(device)
+        return steps * batch_size / (time.perf_counter() - start)
+
+    run(warmup)
+    return timed_pass
+
+
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------

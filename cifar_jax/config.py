@@ -237,12 +237,13 @@ class Config:
                                piece=True, sweepable=True)
     weight_decay: float = _setting(None, "weight decay, for an optimiser that takes it "
                                          "(nesterov's: per 1024 examples, decoupled from the "
-                                         "learning rate)", minimum=0.0, piece=True,
+                                         "learning rate; muon's: per example, of its SGD "
+                                         "groups)", minimum=0.0, piece=True,
                                   sweepable=True)
     bias_scaler: float = _setting(None, "nesterov: BatchNorm biases learn this many times faster",
                                   positive=True, piece=True, sweepable=True)
-    whiten_bias_epochs: float = _setting(None, "nesterov: epochs the whitening stem's bias trains",
-                                         minimum=0, piece=True)
+    whiten_bias_epochs: float = _setting(None, "nesterov, muon: epochs the whitening stem's "
+                                               "bias trains", minimum=0, piece=True)
     lookahead: bool = _setting(False, "lookahead: every 5 steps, move an average of the weights "
                                       "towards them and continue from it (airbench's schedule)")
     augment: str = _setting("", "on-device augmentations, comma-separated, applied in that "

@@ -38,13 +38,13 @@ def no_dataset(monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "resnet"], ("error: unknown model 'resnet': choose one of mlp, cnn, airbench94, "
-                            "or name yours as module:attribute")),
+                            "airbench94_muon, or name yours as module:attribute")),
     (["--epochs", "0"], "argument --epochs: must be a positive number, got '0'"),
     (["--epochs", "ten"], "argument --epochs: must be a positive number, got 'ten'"),
     (["--batch-size", "-32"], "argument --batch-size: must be a positive integer, got '-32'"),
     (["--learning-rate", "nan"], "argument --learning-rate: must be a positive number, got 'nan'"),
     (["--optimizer", "rmsprop"], ("error: unknown optimizer 'rmsprop': choose one of sgd, adam, "
-                                 "nesterov, or name yours as module:attribute")),
+                                 "nesterov, muon, or name yours as module:attribute")),
 ])
 def test_bad_flags_get_one_line_and_exit_2(args, message, capsys):
     code, _, err = main(capsys, *args)

@@ -24,8 +24,8 @@ def test_the_config_module_imports_nothing_of_the_package_nor_jax():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"model": "resnet"}, ("unknown model 'resnet': choose one of mlp, cnn, airbench94, or name "
-                          "yours as module:attribute")),
+    ({"model": "resnet"}, ("unknown model 'resnet': choose one of mlp, cnn, airbench94, "
+                           "airbench94_muon, or name yours as module:attribute")),
     ({"dtype": "float16"}, "unknown dtype 'float16': choose one of float32, bfloat16"),
     ({"batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
     ({"keep_checkpoints": True}, "keep_checkpoints must be an integer, got True"),
@@ -62,12 +62,12 @@ def test_every_field_is_a_flag_with_help_and_the_recipe_decides_defaults():
     for field in dataclasses.fields(Config):
         assert field.name in flags and field.metadata["help"] in flags[field.name].help
     assert flags["keep_checkpoints"].option_strings == ["--keep"]
-    assert "(default: 10; mlp: 5; airbench94: 9.9)" in flags["epochs"].help
+    assert "(default: 10; mlp: 5; airbench94: 9.9; airbench94_muon: 8)" in flags["epochs"].help
     args = parser.parse_args(["--model", "mlp", "--no-download", "--keep", "2"])
     assert config_overrides(args) == {"model": "mlp", "download": False, "keep_checkpoints": 2}
     config = Config.for_model(**config_overrides(args))
     assert (config.optimizer, config.epochs, config.keep_checkpoints) == ("sgd", 5, 2)
-    assert list(REGISTRY["model"]) == ["mlp", "cnn", "airbench94"]
+    assert list(REGISTRY["model"]) == ["mlp", "cnn", "airbench94", "airbench94_muon"]
     assert RUNTIME_FIELDS == ("data_dir", "archive", "download", "keep_checkpoints")
 
 

@@ -281,3 +281,30 @@ def test_cnn_trains_with_muon(mock_cifar10, tmp_path):
     _, state, _ = load_state(str(tmp_path / "run"))
     assert int(state.step) == 3  # 70 images, batch 32, the partial batch padded
     assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(state.params))
+
+
+def test_a_sweep_of_muons_settings_steps_as_each_points_own_optimiser():
+    """`--sweep` over Muon's learning rate and momentum and the SGD groups' weight decay: three
+    updates of every point, its values leaves of the optimiser's state, equal to the optimiser
+    built with them (the convolution kernel, the stem, a BatchNorm bias and the head)."""
+    config = Config.for_model("airbench94_muon", sweep={
+        "learning_rate": [0.12, 0.24], "momentum": [0.5, 0.6], "weight_decay": [1e-6, 2e-6]})
+    rng = np.random.default_rng(0)
+    params = {"whiten": {"kernel": rng.normal(size=(2, 2, 3, 4)), "bias": rng.normal(size=4)},
+              "group1": {"Conv_0": {"kernel": rng.normal(size=(3, 3, 4, 8))},
+                         "BatchNorm_0": {"bias": rng.normal(size=8)}},
+              "head": {"kernel": rng.normal(size=(8, 10))}}
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    grads = [jax.tree.map(lambda x, i=i: jnp.cos(x * (i + 2)), params) for i in range(3)]
+    tx, arguments = train_state.optimizer(config, 50_000)[0], train_state.optimizer_arguments(config)
+    for point in config.points():
+        state = optax.tree_utils.tree_set(tx.init(params), **{
+            arguments[k]: jnp.float32(v) for k, v in point.items()})
+        alone = train_state.optimizer(Config.for_model("airbench94_muon", **point), 50_000)[0]
+        alone_state, p, q = alone.init(params), params, params
+        for g in grads:
+            u, state = jax.jit(tx.update)(g, state, p)
+            v, alone_state = jax.jit(alone.update)(g, alone_state, q)
+            p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+        for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -65,10 +65,10 @@ def test_config_defaults_follow_the_tutorial():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"model": "resnet"}, ("unknown model 'resnet': choose one of mlp, cnn, airbench94, or name "
-                          "yours as module:attribute")),
+    ({"model": "resnet"}, ("unknown model 'resnet': choose one of mlp, cnn, airbench94, "
+                           "airbench94_muon, or name yours as module:attribute")),
     ({"optimizer": "rmsprop"}, ("unknown optimizer 'rmsprop': choose one of sgd, adam, nesterov, "
-                               "or name yours as module:attribute")),
+                               "muon, or name yours as module:attribute")),
     ({"epochs": 0}, "epochs must be a positive number, got 0"),
     ({"batch_size": -3}, "batch_size must be a positive integer, got -3"),
     ({"learning_rate": 0.0}, "learning_rate must be a positive number, got 0.0"),

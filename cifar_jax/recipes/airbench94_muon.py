@@ -184,8 +184,8 @@ def muon_param_labels(params):
 
 
 def muon(learning_rate=0.24, momentum=0.6, weight_decay=2e-6, whiten_bias_epochs=3,
-         dtype="float32", *, batch_size, total_steps, steps_per_epoch, bias_lr=0.053,
-         head_lr=0.67, sgd_momentum=0.85, ns_steps=3):
+         dtype="float32", *, batch_size, total_steps, steps_per_epoch, schedule="constant",
+         bias_lr=0.053, head_lr=0.67, sgd_momentum=0.85, ns_steps=3):
     """airbench94_muon's optimiser, usable by any model (`muon_param_label` makes the groups):
     learning_rate   Muon's, for the 4-D kernels (per unit of the orthogonalised update)
     momentum        Muon's Nesterov momentum
@@ -196,10 +196,14 @@ def muon(learning_rate=0.24, momentum=0.6, weight_decay=2e-6, whiten_bias_epochs
     dtype           the run's dtype: Newton-Schulz runs in it
     bias_lr, head_lr, sgd_momentum  the SGD groups' (keyword-only: not command-line settings)
     ns_steps        Newton-Schulz iterations
+    schedule        the run's --schedule: only "constant" (the decay is built in)
     Every lr falls linearly to zero over the run's `total_steps` (the stem bias's over its
     own steps): lr_t = lr * (1 - t / total), t = 0, 1, ..., as the original sets it before each
     step. The gradients must be those of the summed loss, as the original's.
     """
+    if schedule != "constant":  # it would scale the renormalisation too, which must not be
+        raise ValueError(f"muon decays its learning rates itself; --schedule {schedule} would "
+                         "scale its filters' renormalisation too: use --schedule constant")
     decay = weight_decay * batch_size  # the absolute decay per step at full lr (0.004)
     whiten_steps = math.ceil(whiten_bias_epochs * steps_per_epoch)
 
