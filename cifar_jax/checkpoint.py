@@ -8,6 +8,7 @@ cannot be read is skipped with a warning, and the newest readable one is used.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +43,41 @@ def quiet():
 
     hook.quiet = True
     sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def _reads_finished():
+    """Orbax runs a restore in a fresh event loop (`asyncio_utils._run_sync_via_new_loop`) and
+    closes it once the result is known. When a read of a damaged checkpoint fails, the reads
+    beside it are still pending (`asyncio.gather` does not cancel them), and closing the loop
+    abandons them: their coroutines, never started, were collected at the interpreter's exit
+    with "RuntimeWarning: coroutine '...' was never awaited". While this is active, an event
+    loop that is closed first cancels the tasks still pending on it and lets them finish, as
+    `asyncio.run` does."""
+    policy = asyncio.get_event_loop_policy()
+    make = policy.new_event_loop
+
+    def new_event_loop():
+        loop = make()
+        close = loop.close
+
+        def close_when_done():
+            if not loop.is_closed() and not loop.is_running():
+                pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            close()
+
+        loop.close = close_when_done
+        return loop
+
+    policy.new_event_loop = new_event_loop  # the policy's own method again on the way out
+    try:
+        yield
+    finally:
+        del policy.new_event_loop
 
 
 def manager(workdir, keep_checkpoints=3, read_only=False):
@@ -100,7 +136,8 @@ def restore(mngr, like, step=None, with_metrics=False):
     for candidate in [step] if step is not None else steps:
         path = mngr.directory / str(candidate)
         try:
-            restored = mngr.restore(candidate, args=args)
+            with _reads_finished():
+                restored = mngr.restore(candidate, args=args)
         except Exception as e:  # noqa: BLE001 - orbax raises many kinds on damaged or foreign files
             if step is not None:
                 raise CheckpointError(f"checkpoint {path} cannot be read ({describe(e)}): choose "

@@ -257,17 +257,19 @@ def test_recipe_trains_on_mock_data(one_seed, mock_cifar10):
                                whitening_kernel(images[:5000])[..., 11::-1], rtol=1e-5, atol=1e-6)
 
 
-def test_two_seeds_at_once(one_seed, mock_cifar10, tmp_path):
-    """One epoch (no TTA, to compile less) of seeds 0 and 1 in one program."""
-    history = train_and_evaluate(narrow_config(num_seeds=2, epochs=1, tta=0),
+def test_two_seeds_at_once_and_a_sweep(one_seed, mock_cifar10, tmp_path):
+    """One epoch (no TTA, to compile less) of a sweep of Muon's learning rate x seeds 0 and 1,
+    in one program: `--num-seeds` and `--sweep` together."""
+    history = train_and_evaluate(narrow_config(num_seeds=2, epochs=1, tta=0,
+                                               sweep={"learning_rate": [0.24, 0.12]}),
                                  str(tmp_path / "run"), progress=False)
     assert [row["epoch"] for row in history] == [1]
-    losses = history[0]["per_seed"]["train_loss"]
-    assert len(losses) == 2 and losses[0] != losses[1]
-    # Seed 0 is the one-seed run: its first epoch (steps 0 and 1) takes the same steps in a
-    # 1-epoch run as in a 2-epoch one (the lrs at step 0 are the full ones whatever the run's
-    # length). Vmapped matmuls may round differently.
-    assert losses[0] == pytest.approx(one_seed[1][0]["train_loss"], rel=1e-5)
+    full, half = (entry["per_seed"]["train_loss"] for entry in history[0]["points"])
+    assert len(full) == 2 and full[0] != full[1] and full[1] != half[1]
+    # Seed 0 at lr 0.24 is the one-seed run: its first epoch's losses (steps 0 and 1) are the
+    # same in a 1-epoch run as in a 2-epoch one (step 0's lrs are the full ones whatever the
+    # run's length, and step 1's loss is computed before step 1's update).
+    assert full[0] == pytest.approx(one_seed[1][0]["train_loss"], rel=1e-6)
 
 
 def test_cnn_trains_with_muon(mock_cifar10, tmp_path):
