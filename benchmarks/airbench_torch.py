@@ -253,7 +253,8 @@ class Lookahead:
 
 def to_device_images(images, device):
     """uint8 NHWC numpy -> [0, 1] NCHW channels_last on `device` (half on CUDA, as the original)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    # A copy: the decoded-data cache is memory-mapped read-only, which torch warns about.
+    x = torch.from_numpy(np.array(images, order="C")).to(device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     return (x.to(dtype) / 255).permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last
 
