@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from benchmarks import airbench_muon_torch, airbench_torch
+from benchmarks.throughput import interleaved_medians
 from cifar_jax import data, steps
 from cifar_jax import state as train_state
 from cifar_jax.config import Config
@@ -62,11 +63,8 @@ class JaxSide:
 def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94"):
     jax_side = JaxSide(batch_size, steps_per_pass, recipe=recipe)
     torch_pass = PORTS[recipe][0].throughput_pass(batch_size, steps_per_pass, device)
-    rates = {"cifar_jax": [], "pytorch": []}
-    for _ in range(repeats):
-        rates["cifar_jax"].append(jax_side.train_pass())
-        rates["pytorch"].append(torch_pass())
-    result = {side: statistics.median(r) for side, r in rates.items()}
+    result = interleaved_medians({"cifar_jax": jax_side.train_pass, "pytorch": torch_pass},
+                                 repeats)
     result["ratio"] = result["cifar_jax"] / result["pytorch"]
     result["cifar_jax_compile_s"] = jax_side.compile_s
     print(f"{recipe} batch {batch_size}: cifar_jax {result['cifar_jax']:,.0f} img/s, PyTorch "

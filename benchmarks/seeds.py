@@ -10,20 +10,16 @@ side, so drift hits both alike; the median of `--repeats` passes counts. Synthet
 
 import argparse
 import json
-import statistics
 
 import jax
 
-from benchmarks.throughput import JaxSide
+from benchmarks.throughput import JaxSide, interleaved_medians
 
 
 def measure(name, batch_size, num_seeds, n_images, repeats, single):
     many = JaxSide(name, batch_size, n_images, num_seeds=num_seeds)
-    rates = {"one": [], "many": []}
-    for _ in range(repeats):
-        rates["one"].append(single.train_pass())
-        rates["many"].append(many.train_pass())
-    one, together = (statistics.median(rates[k]) for k in ("one", "many"))
+    rates = interleaved_medians({"one": single.train_pass, "many": many.train_pass}, repeats)
+    one, together = rates["one"], rates["many"]
     row = {"model": name, "batch_size": batch_size, "num_seeds": num_seeds,
            "sequential_images_per_s": one, "together_images_per_s": together,
            "ratio": together / one, "compile_s": many.compile_s}

@@ -14,11 +14,10 @@ Synthetic data.
 
 import argparse
 import json
-import statistics
 
 import jax
 
-from benchmarks.throughput import JaxSide
+from benchmarks.throughput import JaxSide, interleaved_medians
 
 
 def main(argv=None):
@@ -40,11 +39,9 @@ def main(argv=None):
     single = JaxSide(args.model, args.batch_size, args.images)
     swept = JaxSide(args.model, args.batch_size, args.images, num_seeds=args.num_seeds,
                     sweep={"learning_rate": args.learning_rates})
-    rates = {"separate": [], "sweep": []}
-    for _ in range(args.repeats):
-        rates["separate"].append(single.train_pass())
-        rates["sweep"].append(swept.train_pass())
-    one, together = (statistics.median(rates[k]) for k in ("separate", "sweep"))
+    rates = interleaved_medians({"separate": single.train_pass, "sweep": swept.train_pass},
+                                args.repeats)
+    one, together = rates["separate"], rates["sweep"]
     row = {"model": args.model, "batch_size": args.batch_size, "points": len(args.learning_rates),
            "num_seeds": args.num_seeds, "separate_images_per_s": one,
            "sweep_images_per_s": together, "ratio": together / one,

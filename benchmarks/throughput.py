@@ -145,6 +145,17 @@ def run(models, batch_sizes, dtypes, n_images, repeats, peer_names):
     return rows
 
 
+def interleaved_medians(passes, repeats):
+    """{side: the median of `repeats` images/s of its pass}: `passes` maps each side to a
+    function that runs one timed pass and returns its images/s; the sides take turns, so that
+    drift hits every side alike."""
+    rates = {side: [] for side in passes}
+    for _ in range(repeats):
+        for side, train_pass in passes.items():
+            rates[side].append(train_pass())
+    return {side: statistics.median(r) for side, r in rates.items()}
+
+
 def measure(name, dtype, batch_size, n_images, repeats, peer_names, found, peak):
     rng = np.random.default_rng(0)
     x = rng.random((n_images, 32, 32, 3), np.float32)
@@ -154,14 +165,11 @@ def measure(name, dtype, batch_size, n_images, repeats, peer_names, found, peak)
     for peer in peer_names:
         sides[peer] = found[peer](name, batch_size, x, y)
         sides[peer]()  # warm-up pass: tracing, graph building, allocation
-    rates = {side: [] for side in sides}
-    for _ in range(repeats):  # interleaved, so drift hits every side alike
-        for side, train_pass in sides.items():
-            rates[side].append(train_pass())
+    train_images_per_s = interleaved_medians(sides, repeats)
     eval_s = min(_timed(jax_side.eval_pass) for _ in range(repeats))
     row = {"model": name, "dtype": dtype, "batch_size": batch_size, "images_per_pass": n_images,
            "device": jax.devices()[0].device_kind,
-           "train_images_per_s": {s: statistics.median(r) for s, r in rates.items()},
+           "train_images_per_s": train_images_per_s,
            "compile_s": jax_side.compile_s, "eval_compile_s": jax_side.eval_compile_s,
            "eval_images_per_s": n_images / eval_s,
            "pipeline_images_per_s": pipeline_images_per_s(batch_size),

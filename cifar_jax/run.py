@@ -229,10 +229,10 @@ def load_state(workdir, epoch=None, member=None, point=None):
     n_seeds = config.num_seeds
     if member is not None and not 0 <= member < n_seeds:
         raise RunError(f"--member {member} is not in the run: it trained {n_seeds} "
-                          f"model{'s' if n_seeds > 1 else ''} (seeds {config.seed} to "
-                          f"{config.seed + n_seeds - 1})"
-                          + (" at each point" if config.sweep else "")
-                          + f"; choose 0 to {n_seeds - 1}")
+                       f"model{'s' if n_seeds > 1 else ''} (seeds {config.seed} to "
+                       f"{config.seed + n_seeds - 1})"
+                       + (" at each point" if config.sweep else "")
+                       + f"; choose 0 to {n_seeds - 1}")
     try:
         chosen = sweep.select(config, point, (read_metrics(workdir) or [None])[-1])
     except ConfigError as e:

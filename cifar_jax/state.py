@@ -175,17 +175,24 @@ def member_values(config):
                             config.num_seeds) for name, _ in config.sweep}
 
 
+def set_hyperparams(opt_state, config, values):
+    """The state of a sweep's optimiser (`optimizer`) with one member's values of the swept
+    settings ({setting: value}) set where it holds those it takes."""
+    arguments = optimizer_arguments(config)
+    return optax.tree_utils.tree_set(
+        opt_state, **{arguments[k]: v for k, v in values.items() if k in arguments})
+
+
 def _swept(config, rng, n_train, images):
     """`from_config` of a sweep: one state per member (a point's seed), stacked. Each is the
     state its point's own run starts from, its optimiser's swept settings set in its state."""
     model = models.build(config.model, config.dtype)
     tx = optimizer(config, n_train)[0]  # one program for every point, their values its leaves
-    recipe, arguments = step_recipe(config, n_train), optimizer_arguments(config)
+    recipe = step_recipe(config, n_train)
 
     def member(key, values):
         state = create(model, tx, key, recipe, images)
-        opt_state = optax.tree_utils.tree_set(
-            state.opt_state, **{arguments[k]: v for k, v in values.items() if k in arguments})
+        opt_state = set_hyperparams(state.opt_state, config, values)
         fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
         return SweptState(**{**fields, "opt_state": opt_state}, hyperparams=values)
 

@@ -41,6 +41,11 @@ def ranked(final):
     return sorted(final["points"], key=score, reverse=True)
 
 
+def best(final):
+    """The grid index of the final row's best point."""
+    return final["points"].index(ranked(final)[0])
+
+
 def interval(entry):
     """(low, high) of a point's 95% interval, or None with one seed."""
     return tuple(entry["test_accuracy_ci95"]) if "test_accuracy_ci95" in entry else None
@@ -97,7 +102,7 @@ def select(config, given, final=None):
         if final is None:
             raise ConfigError(f"the sweep has no finished epoch to find its best point from: name "
                               f"one with --point (its points: {there})")
-        return final["points"].index(ranked(final)[0])
+        return best(final)
     unknown = sorted(set(given) - set(points[0]))
     if unknown:
         raise ConfigError(f"--point {unknown[0]}: the sweep does not vary it; its points: {there}")

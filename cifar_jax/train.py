@@ -164,7 +164,7 @@ def epoch_row(state, test, train_metrics, epoch, seconds, final_tta=None, config
     row = {"epoch": epoch, "points": [{"point": point, **entry}
                                        for (point, _), (entry, _) in zip(sweep.parts(config), entries)],
            "seconds": round(seconds, 3)}
-    return row, entries[row["points"].index(sweep.ranked(row)[0])][1]
+    return row, entries[sweep.best(row)][1]
 
 
 def _combined(state, part, test, rows, predicted, final_tta):
@@ -189,7 +189,7 @@ def final_predictions(state, test, config, final):
     """The predicted test classes the reports show: the model's; N models' ensemble; a sweep's
     best point's (`final`: the last metrics row). With the recipe's test-time augmentation."""
     if config.sweep:
-        part = sweep.parts(config)[final["points"].index(sweep.ranked(final)[0])][1]
+        part = sweep.parts(config)[sweep.best(final)][1]
         state = jax.tree.map(lambda x: x[part], state)
     if train_state.is_stacked(state) and state.step.shape[0] > 1:
         return evaluate.ensemble(state, test, config.tta)[1]

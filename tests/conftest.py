@@ -5,11 +5,14 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax
+import jax.numpy as jnp
+import optax
 import pytest
 import tensorflow_datasets as tfds
 
 from cifar_jax import config as registries
 from cifar_jax import register_model
+from cifar_jax import state as train_state
 from cifar_jax.config import REGISTRY, Config
 from cifar_jax.models.airbench import AirbenchNet
 from cifar_jax.train import train_and_evaluate
@@ -115,3 +118,24 @@ def lr_sweep(tmp_path_factory):
         for (lr, seed), path in alone.items():
             train_and_evaluate(mlp(learning_rate=lr, seed=seed), path, progress=False)
     return config, workdir, history, alone
+
+
+def swept_and_own_optimiser_steps(config, params, grads):
+    """For each point of the sweep `config`: its optimiser's updates at each of `grads`, as the
+    sweep computes them (the point's values set in the one optimiser's state) and as the
+    point's own run does (`--setting value`), each side applying its updates to its params.
+    A list, per point, of ([(sweep's, own) updates per step], (sweep's, own) final params)."""
+    tx = train_state.optimizer(config, 50_000)[0]
+    out = []
+    for point in config.points():
+        state = train_state.set_hyperparams(tx.init(params), config,
+                                            {k: jnp.float32(v) for k, v in point.items()})
+        alone = train_state.optimizer(Config.for_model(config.model, **point), 50_000)[0]
+        alone_state, mine, theirs, updates = alone.init(params), params, params, []
+        for g in grads:
+            u, state = jax.jit(tx.update)(g, state, mine)
+            v, alone_state = jax.jit(alone.update)(g, alone_state, theirs)
+            updates.append((u, v))
+            mine, theirs = optax.apply_updates(mine, u), optax.apply_updates(theirs, v)
+        out.append((updates, (mine, theirs)))
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
-from conftest import MOCK_EXAMPLES
+from conftest import MOCK_EXAMPLES, swept_and_own_optimiser_steps
 
 from cifar_jax import data, register_model, train
 from cifar_jax import state as train_state
@@ -298,15 +298,6 @@ def test_a_sweep_of_muons_settings_steps_as_each_points_own_optimiser():
               "head": {"kernel": rng.normal(size=(8, 10))}}
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     grads = [jax.tree.map(lambda x, i=i: jnp.cos(x * (i + 2)), params) for i in range(3)]
-    tx, arguments = train_state.optimizer(config, 50_000)[0], train_state.optimizer_arguments(config)
-    for point in config.points():
-        state = optax.tree_utils.tree_set(tx.init(params), **{
-            arguments[k]: jnp.float32(v) for k, v in point.items()})
-        alone = train_state.optimizer(Config.for_model("airbench94_muon", **point), 50_000)[0]
-        alone_state, p, q = alone.init(params), params, params
-        for g in grads:
-            u, state = jax.jit(tx.update)(g, state, p)
-            v, alone_state = jax.jit(alone.update)(g, alone_state, q)
-            p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
-        for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q), strict=True):
+    for _, (mine, theirs) in swept_and_own_optimiser_steps(config, params, grads):
+        for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

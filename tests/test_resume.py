@@ -54,6 +54,18 @@ def interrupting(real, at_call=5):
     return wrapped
 
 
+def interrupted_then_resumed(config, workdir, monkeypatch):
+    """Train the stacked run `config` (`--num-seeds`, `--sweep`) into `workdir`, interrupted
+    by KeyboardInterrupt at its compiled loop's 5th call (in epoch 2), then resumed to its end."""
+    real = steps.train_batches_stacked()
+    cut = interrupting(real)
+    monkeypatch.setattr(steps, "train_batches_stacked", lambda: cut)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, workdir, progress=False)
+    monkeypatch.setattr(steps, "train_batches_stacked", lambda: real)
+    train_and_evaluate(config, workdir, progress=False, resume=True)
+
+
 def test_interrupted_then_resumed_equals_uninterrupted(cnn_run, mock_cifar10, tmp_path, monkeypatch):
     config, whole, _ = cnn_run  # 2 epochs of 3 compiled calls each
     real = steps.train_batches

@@ -12,9 +12,9 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import MOCK_EXAMPLES
 from PIL import Image
-from test_resume import interrupting, rows
+from test_resume import interrupted_then_resumed, rows
 
-from cifar_jax import evaluate, predict, run, seeds, steps
+from cifar_jax import evaluate, predict, run, seeds
 from cifar_jax import state as train_state
 from cifar_jax.config import Config
 from cifar_jax.train import train_and_evaluate
@@ -111,13 +111,7 @@ def test_predict_uses_the_ensemble_and_member_picks_one(two_seeds, tmp_path, cap
 
 def test_a_multi_seed_run_resumes_exactly(two_seeds, mock_cifar10, tmp_path, monkeypatch):
     config, whole, _, _ = two_seeds
-    real = steps.train_batches_stacked()
-    cut = interrupting(real)
-    monkeypatch.setattr(steps, "train_batches_stacked", lambda: cut)
-    with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(config, str(tmp_path / "cut"), progress=False)
-    monkeypatch.setattr(steps, "train_batches_stacked", lambda: real)
-    train_and_evaluate(config, str(tmp_path / "cut"), progress=False, resume=True)
+    interrupted_then_resumed(config, str(tmp_path / "cut"), monkeypatch)
     assert rows(tmp_path / "cut") == rows(whole)
 
 

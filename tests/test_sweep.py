@@ -13,13 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import MOCK_EXAMPLES
+from conftest import MOCK_EXAMPLES, swept_and_own_optimiser_steps
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_resume import interrupting, rows
+from test_resume import interrupted_then_resumed, rows
 
 from cifar_jax import evaluate, predict, register_optimizer, run, steps, sweep, train
-from cifar_jax import state as train_state
 from cifar_jax.config import Config, ExtensionError
 from cifar_jax.train import train_and_evaluate
 
@@ -62,15 +61,8 @@ def test_a_step_of_each_swept_optimiser_setting_equals_the_separate_one():
               "BatchNorm_0": {"bias": rng.normal(size=8)}, "Dense_0": {"kernel": rng.normal(size=(8, 3))}}
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     grads = [jax.tree.map(lambda x, i=i: jnp.sin(x * (i + 2)), params) for i in range(3)]
-    tx, arguments = train_state.optimizer(config, 50_000)[0], train_state.optimizer_arguments(config)
-    for point in config.points():
-        state = optax.tree_utils.tree_set(tx.init(params), **{
-            arguments[k]: jnp.float32(v) for k, v in point.items()})
-        alone = train_state.optimizer(Config.for_model("airbench94", **point), 50_000)[0]
-        alone_state = alone.init(params)
-        for g in grads:
-            mine, state = jax.jit(tx.update)(g, state, params)
-            theirs, alone_state = jax.jit(alone.update)(g, alone_state, params)
+    for updates, _ in swept_and_own_optimiser_steps(config, params, grads):
+        for mine, theirs in updates:
             for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=True):
                 np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
 
@@ -166,13 +158,7 @@ def test_evaluate_and_predict_take_a_point_and_a_member(lr_sweep, mock_cifar10, 
 
 def test_a_sweep_resumes_exactly(lr_sweep, mock_cifar10, tmp_path, monkeypatch, capsys):
     config, whole, _, _ = lr_sweep
-    real = steps.train_batches_stacked()
-    cut = interrupting(real)
-    monkeypatch.setattr(steps, "train_batches_stacked", lambda: cut)
-    with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(config, str(tmp_path / "cut"), progress=False)
-    monkeypatch.setattr(steps, "train_batches_stacked", lambda: real)
-    train_and_evaluate(config, str(tmp_path / "cut"), progress=False, resume=True)
+    interrupted_then_resumed(config, str(tmp_path / "cut"), monkeypatch)
     assert rows(tmp_path / "cut") == rows(whole)
     capsys.readouterr()
     code = train.main(["--workdir", str(tmp_path / "cut"), "--resume", "--learning-rate", "0.1"])
