@@ -16,9 +16,9 @@ import json
 import math
 import os
 import socket
+import sys
 
 import jax
-from tensorboardX import SummaryWriter
 
 from cifar_jax import checkpoint, contracts, parallel, state, sweep
 from cifar_jax.config import RUNTIME_FIELDS, Config, ConfigError, ExtensionError
@@ -194,6 +194,20 @@ def commit_metrics(workdir):
     os.replace(path + ".tmp", path)
 
 
+@contextlib.contextmanager
+def _import_fails(name):
+    """`import name` raises ImportError inside the block, unless that module is loaded already
+    (a None entry in `sys.modules` is Python's documented way to make an import fail)."""
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = None
+    try:
+        yield
+    finally:
+        del sys.modules[name]
+
+
 def tensorboard(workdir, first_epoch=1, name=""):
     """A TensorBoard writer for `workdir/tensorboard` (a sweep's point's: for
     `workdir/tensorboard/NAME`, so that TensorBoard overlays the points as runs) whose next step
@@ -202,6 +216,11 @@ def tensorboard(workdir, first_epoch=1, name=""):
     On a resumed run, `purge_step` hides whatever the interrupted run logged from that epoch on
     (an epoch whose checkpoint never landed), so the curves go on without duplicated epochs.
     """
+    # Imported here, without torch: tensorboardX tries `import torch` when imported, only to
+    # accept torch tensors (we log floats), and where torch is installed that took 3.7 s of the
+    # CPU start-up; evaluate and predict write no events and skip its import altogether.
+    with _import_fails("torch"):
+        from tensorboardX import SummaryWriter
     return SummaryWriter(os.path.join(workdir, "tensorboard", name),
                          purge_step=first_epoch if first_epoch > 1 else None)
 

@@ -1,3 +1,5 @@
+import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -9,6 +11,8 @@ import jax.numpy as jnp
 import optax
 import pytest
 import tensorflow_datasets as tfds
+from matplotlib.figure import Figure
+from PIL import Image
 
 from cifar_jax import config as registries
 from cifar_jax import register_model
@@ -19,11 +23,12 @@ from cifar_jax.train import train_and_evaluate
 
 MOCK_EXAMPLES = 70  # per split: two full batches of 32 and a partial one of 6
 # XLA:CPU spends much of a small program's compile time in LLVM's optimiser, which runs of a few
-# steps do not pay back: the tests compile at LLVM's -O1, not -O2 (at -O0 the steps run too slowly).
-# The same semantics; every comparison a test makes is computed under the same flag on both sides,
-# and the tutorial's exact numbers are checked with the default flags
-# (../shared/checks/tutorial_numbers.sh). Subprocesses inherit it with the environment.
-FAST_COMPILE = "--xla_backend_optimization_level=1"
+# steps do not pay back: the tests compile at LLVM's -O1, not -O2 (at -O0 the steps run too
+# slowly), and with XLA:CPU's older loop emitters instead of its fusion emitters (a quarter less
+# compile time on the mock runs). The same semantics; every comparison a test makes is computed
+# under the same flags on both sides, and the tutorial's exact numbers are checked with the
+# default flags (../shared/checks/tutorial_numbers.sh). Subprocesses inherit them.
+FAST_COMPILE = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
 
 
 def pytest_configure(config):
@@ -54,6 +59,18 @@ def registries_as_they_were():
             getattr(registries, name)[kind].update(entries)
 
 
+@pytest.fixture(autouse=True)
+def figures_unrendered(request, monkeypatch):
+    """A run's PNGs take about a second of matplotlib's layout and rasterising, a fifth of a
+    mock run: in a test's own runs every figure is built by the same code but saved as a blank
+    PNG. The session's runs (`cnn_run`, `lr_sweep`: set up before this fixture), whose plots
+    tests open, and tests marked `rendered` draw them for real."""
+    if request.node.get_closest_marker("rendered") is None:
+        monkeypatch.setattr(Figure, "tight_layout", lambda self, **kwargs: None)
+        monkeypatch.setattr(Figure, "savefig",
+                            lambda self, path, **kwargs: Image.new("RGB", (1, 1)).save(path, "PNG"))
+
+
 def narrow_airbench(dtype):
     """The airbench network, narrow, so that a test compiles in seconds."""
     return AirbenchNet(widths=(16, 32, 32), dtype=dtype)
@@ -78,14 +95,63 @@ def mock_cifar10():
         yield
 
 
+def once_per_session(tmp_path_factory, name, produce):
+    """(folder, `produce(folder)`'s JSON value), computed once for the whole session and read
+    back by the other xdist workers (pytest-xdist's recipe for a session fixture that runs
+    once: a lock and a file in the folder the workers share), so that a run which several test
+    files read trains once, in whichever worker asks first. `produce` keeps its runs in
+    `folder`."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's, above each worker's own
+    folder, path = shared / name, shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            path.write_text(json.dumps(produce(str(folder))))
+    return str(folder), json.loads(path.read_text())
+
+
+def cnn_config(**overrides):
+    """The session runs' CNN: 2 epochs on the mock data, evaluated in batches of 32."""
+    return Config.for_model("cnn", **{"epochs": 2, "eval_batch_size": 32, **overrides})
+
+
+def mlp_config(**overrides):
+    """The session runs' MLP: 2 epochs on the mock data, evaluated in batches of 32."""
+    return Config.for_model("mlp", **{"epochs": 2, "eval_batch_size": 32, **overrides})
+
+
+LR_SWEEP = {"learning_rate": [0.01, 0.02]}  # `lr_sweep`'s
+
+
+def trained(config, workdir):
+    """`config` trained into `workdir` on the mock data: its history."""
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        return train_and_evaluate(config, workdir, progress=False)
+
+
 @pytest.fixture(scope="session")
 def cnn_run(tmp_path_factory):
     """A finished 2-epoch CNN run on mock data: (config, workdir, history)."""
-    workdir = str(tmp_path_factory.mktemp("run") / "cnn")
-    config = Config.for_model("cnn", epochs=2, eval_batch_size=32)
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        history = train_and_evaluate(config, workdir, progress=False)
-    return config, workdir, history
+    config = cnn_config()
+    folder, history = once_per_session(tmp_path_factory, "cnn",
+                                       lambda folder: trained(config, f"{folder}/run"))
+    return config, f"{folder}/run", history
+
+
+@pytest.fixture(scope="session")
+def two_seeds(tmp_path_factory):
+    """A 2-epoch CNN run of seeds 0 and 1 at once, and seed 1 alone: (config, workdir, history,
+    seed 1's workdir). Seed 0 alone is `cnn_run`."""
+    config = cnn_config(num_seeds=2)
+
+    def produce(folder):
+        trained(cnn_config(seed=1), f"{folder}/seed1")
+        return trained(config, f"{folder}/run")
+
+    folder, history = once_per_session(tmp_path_factory, "seeds", produce)
+    return config, f"{folder}/run", history, f"{folder}/seed1"
 
 
 @pytest.fixture
@@ -106,18 +172,17 @@ def damaged_run(cnn_run, tmp_path):
 def lr_sweep(tmp_path_factory):
     """A 2-epoch MLP sweep of 2 learning rates x seeds 0 and 1, and two of its points' own runs
     (lr 0.01 seed 0, lr 0.02 seed 1): (config, workdir, history, {(lr, seed): workdir})."""
-    def mlp(**overrides):
-        return Config.for_model("mlp", epochs=2, eval_batch_size=32, **overrides)
+    config = mlp_config(sweep=LR_SWEEP, num_seeds=2)
+    points = ((0.01, 0), (0.02, 1))
 
-    config = mlp(sweep={"learning_rate": [0.01, 0.02]}, num_seeds=2)
-    workdir = str(tmp_path_factory.mktemp("sweep") / "run")
-    alone = {(lr, seed): str(tmp_path_factory.mktemp(f"alone-{lr}-{seed}") / "run")
-             for lr, seed in ((0.01, 0), (0.02, 1))}
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        history = train_and_evaluate(config, workdir, progress=False)
-        for (lr, seed), path in alone.items():
-            train_and_evaluate(mlp(learning_rate=lr, seed=seed), path, progress=False)
-    return config, workdir, history, alone
+    def produce(folder):
+        for lr, seed in points:
+            trained(mlp_config(learning_rate=lr, seed=seed), f"{folder}/alone-{lr}-{seed}")
+        return trained(config, f"{folder}/run")
+
+    folder, history = once_per_session(tmp_path_factory, "sweep", produce)
+    return (config, f"{folder}/run", history,
+            {(lr, seed): f"{folder}/alone-{lr}-{seed}" for lr, seed in points})
 
 
 def swept_and_own_optimiser_steps(config, params, grads):

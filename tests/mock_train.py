@@ -1,15 +1,15 @@
 """`python tests/mock_train.py ARGS`: the training CLI on mock CIFAR-10 (MOCK_EXAMPLES per split).
 
 For tests that must run training as a separate process (to kill it, say) without the real data;
-`cnn_command` gives them the command line and environment.
+`cnn_command` gives them the command line and environment. Importing torch fails loudly here:
+none of cifar_jax's commands needs it, and where it is installed it costs seconds of start-up.
 """
 
+import importlib.abc
 import os
 import sys
 
 import tensorflow_datasets as tfds
-
-from cifar_jax.train import main
 
 
 def cnn_command(workdir, *extra, epochs=2, examples=300, env=None):
@@ -21,6 +21,15 @@ def cnn_command(workdir, *extra, epochs=2, examples=300, env=None):
     return argv, {**os.environ, "MOCK_EXAMPLES": str(examples), "PYTHONPATH": repo, **(env or {})}
 
 
+class TorchImported(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            raise RuntimeError("torch imported: a cifar_jax command should not pay for it")
+
+
 if __name__ == "__main__":
+    sys.meta_path.insert(0, TorchImported())
+    from cifar_jax.train import main
+
     with tfds.testing.mock_data(num_examples=int(os.environ.get("MOCK_EXAMPLES", "70"))):
         sys.exit(main(sys.argv[1:]))

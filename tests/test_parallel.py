@@ -1,4 +1,5 @@
-"""Data parallelism on simulated CPU devices: a subprocess each, the device count fixed at start."""
+"""Several processes training one run, and the checks before data parallelism (several
+devices in one process: test_devices.py)."""
 
 import json
 import os
@@ -7,43 +8,10 @@ import subprocess
 import typing
 
 import pytest
-import tensorflow_datasets as tfds
 from mock_train import cnn_command
 
 from cifar_jax import parallel, run
 from cifar_jax.config import Config
-from cifar_jax.train import train_and_evaluate
-
-
-def mock_train(workdir, devices, *extra):
-    argv, env = cnn_command(workdir, *extra, env={
-        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"})
-    return subprocess.run(argv, env=env, check=False, capture_output=True, text=True, timeout=300)
-
-
-def test_four_devices_train_like_one(tmp_path):
-    result = mock_train(str(tmp_path / "4"), 4)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].startswith("cpu, 4 devices; compilation cache ")
-    with open(tmp_path / "4" / "metrics.jsonl") as f:
-        four_devices = [json.loads(line) for line in f]
-    # the same run on this process's one device
-    with tfds.testing.mock_data(num_examples=300):
-        one_device = train_and_evaluate(Config.for_model("cnn", epochs=2), str(tmp_path / "1"),
-                                        progress=False)
-    for one, four in zip(one_device, four_devices, strict=True):
-        for key in ("train_loss", "test_loss"):
-            assert four[key] == pytest.approx(one[key], rel=1e-4)
-        for key in ("train_accuracy", "test_accuracy"):
-            assert four[key] == pytest.approx(one[key], abs=2 / 300)  # a flipped prediction or two
-
-
-def test_batch_that_does_not_split_over_the_devices_is_a_usage_error(tmp_path):
-    result = mock_train(str(tmp_path / "run"), 4, "--batch-size", "30")
-    assert result.returncode == 2
-    assert result.stderr.strip() == ("error: --batch-size 30 does not split evenly over 4 devices: "
-                                     "use a multiple of 4, such as 28 or 32")
-    assert not (tmp_path / "run").exists()
 
 
 def test_check_divisible_hints():

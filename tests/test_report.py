@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from cifar_jax import report
 
@@ -16,6 +17,7 @@ def test_classification_report_figures():
     assert lines[-2].split() == ["accuracy", "0.7000", "20"]
 
 
+@pytest.mark.rendered
 def test_plots_are_written(tmp_path):
     report.plot_confusion_matrix(np.eye(3, dtype=int) * 5, ["a", "b", "c"], tmp_path / "cm.png")
     rows = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.1 / e, "train_accuracy": 0.1 * e,

@@ -2,38 +2,17 @@
 mean, std, per-seed values and a confidence interval; resume, predict and evaluate work."""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
-from conftest import MOCK_EXAMPLES
 from PIL import Image
 from test_resume import interrupted_then_resumed, rows
 
 from cifar_jax import evaluate, predict, run, seeds
 from cifar_jax import state as train_state
-from cifar_jax.config import Config
-from cifar_jax.train import train_and_evaluate
 
 KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-
-
-@pytest.fixture(scope="session")  # not per module: xdist may interleave modules
-def two_seeds(tmp_path_factory):
-    """A 2-epoch CNN run of seeds 0 and 1 at once, and seed 1 alone: (config, workdir, history,
-    seed 1's workdir). Seed 0 alone is `cnn_run`."""
-    config = Config.for_model("cnn", epochs=2, eval_batch_size=32, num_seeds=2)
-    workdir = str(tmp_path_factory.mktemp("seeds") / "run")
-    alone = str(tmp_path_factory.mktemp("seed1") / "run")
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        history = train_and_evaluate(config, workdir, progress=False)
-        train_and_evaluate(Config.for_model("cnn", epochs=2, eval_batch_size=32, seed=1), alone,
-                           progress=False)
-    return config, workdir, history, alone
 
 
 def test_each_model_equals_its_own_run(cnn_run, two_seeds):
@@ -113,31 +92,3 @@ def test_a_multi_seed_run_resumes_exactly(two_seeds, mock_cifar10, tmp_path, mon
     config, whole, _, _ = two_seeds
     interrupted_then_resumed(config, str(tmp_path / "cut"), monkeypatch)
     assert rows(tmp_path / "cut") == rows(whole)
-
-
-def test_models_spread_over_simulated_devices(two_seeds, tmp_path):
-    """4 CPU devices: N models take a "models" axis of gcd(N, 4); 2 models train on a 2 x 2
-    mesh, each equal to the one-device run's."""
-    history = two_seeds[2]
-    code = f"""
-import json, jax, tensorflow_datasets as tfds
-from cifar_jax import parallel
-from cifar_jax.config import Config
-from cifar_jax.train import train_and_evaluate
-print(json.dumps({{n: list(parallel.data_mesh(n).shape.values()) for n in (1, 2, 3, 8)}}))
-with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
-    history = train_and_evaluate(Config.for_model("cnn", epochs=2, eval_batch_size=32,
-                                 num_seeds=2), {str(tmp_path / "run")!r}, progress=False)
-print(json.dumps(history[-1]["per_seed"]))
-"""
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-    env = {**os.environ, "XLA_FLAGS": flags,
-           "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert json.loads(lines[0]) == {"1": [1, 4], "2": [2, 2], "3": [1, 4], "8": [4, 1]}
-    per_seed = json.loads(lines[-1])
-    for key in KEYS:
-        assert per_seed[key] == pytest.approx(history[-1]["per_seed"][key], rel=1e-5, abs=1e-6)

@@ -1,19 +1,17 @@
 """Sweeps in one compiled program (`--sweep`): each point x seed equals its own run; the table,
-plot and per-point TensorBoard runs; resume, evaluate and predict by point; bad specs; several
-devices."""
+plot and per-point TensorBoard runs; resume, evaluate and predict by point; bad specs. (On
+several devices: test_devices.py.)"""
 
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import MOCK_EXAMPLES, swept_and_own_optimiser_steps
+from conftest import swept_and_own_optimiser_steps
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_resume import interrupted_then_resumed, rows
@@ -234,28 +232,3 @@ def test_an_optimiser_that_needs_a_python_number_is_named(tmp_path):
                        r"TracerBoolConversionError"):
         train_and_evaluate(config, str(tmp_path / "run"), progress=False)
     assert not (tmp_path / "run").exists()
-
-
-def test_points_and_seeds_spread_over_simulated_devices(lr_sweep, tmp_path):
-    """4 CPU devices: 2 points x 2 seeds take a "models" axis of 4 (vmapped there, not in turn);
-    after one epoch each model is the one-device run's, but for rounding."""
-    config, _, history, _ = lr_sweep
-    code = f"""
-import json, tensorflow_datasets as tfds
-from cifar_jax.config import Config
-from cifar_jax.train import train_and_evaluate
-with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
-    history = train_and_evaluate(Config.for_model("mlp", epochs=1, eval_batch_size=32,
-                                 num_seeds=2, sweep={dict(config.sweep)!r}),
-                                 {str(tmp_path / "run")!r}, progress=False)
-print(json.dumps([entry["per_seed"] for entry in history[-1]["points"]]))
-"""
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
-                          timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    for got, entry in zip(json.loads(proc.stdout.splitlines()[-1]), history[0]["points"],
-                          strict=True):
-        for key in KEYS:
-            assert got[key] == pytest.approx(entry["per_seed"][key], rel=1e-5, abs=1e-6)
