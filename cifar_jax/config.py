@@ -244,6 +244,12 @@ class Config:
                                   positive=True, piece=True, sweepable=True)
     whiten_bias_epochs: float = _setting(None, "nesterov, muon: epochs the whitening stem's "
                                                "bias trains", minimum=0, piece=True)
+    bias_lr: float = _setting(None, "muon: learning rate of the biases (the stem's, BatchNorm's, "
+                                    "a Dense or Conv layer's), by SGD", positive=True,
+                              piece=True, sweepable=True)
+    head_lr: float = _setting(None, "muon: learning rate of the other parameters that are not "
+                                    "4-D kernels (airbench's head, a CNN's Dense kernels), by "
+                                    "SGD", positive=True, piece=True, sweepable=True)
     lookahead: bool = _setting(False, "lookahead: every 5 steps, move an average of the weights "
                                       "towards them and continue from it (airbench's schedule)")
     augment: str = _setting("", "on-device augmentations, comma-separated, applied in that "
@@ -271,7 +277,7 @@ class Config:
                                 "point (x --num-seeds seeds) trains in one compiled program, "
                                 "each as its own run with that value would. Sweepable: "
                                 "learning_rate, momentum, weight_decay, label_smoothing, "
-                                "bias_scaler. Writes sweep.csv, sweep.png and one TensorBoard "
+                                "bias_scaler, bias_lr, head_lr. Writes sweep.csv, sweep.png and one TensorBoard "
                                 "run per point", flag="--sweep")
     data_dir: str | None = _setting(
         None, "TFDS data dir holding a prepared cifar10; CIFAR-10 is downloaded there if missing "

@@ -15,7 +15,7 @@ from conftest import MOCK_EXAMPLES, swept_and_own_optimiser_steps
 
 from cifar_jax import data, register_model, train
 from cifar_jax import state as train_state
-from cifar_jax.config import REGISTRY, Config
+from cifar_jax.config import REGISTRY, Config, ConfigError
 from cifar_jax.models.airbench import AirbenchNet, whitening_kernel
 from cifar_jax.recipes import airbench94_muon as recipe
 from cifar_jax.run import load_state
@@ -272,6 +272,16 @@ def test_two_seeds_at_once_and_a_sweep(one_seed, mock_cifar10, tmp_path):
     assert full[0] == pytest.approx(one_seed[1][0]["train_loss"], rel=1e-6)
 
 
+def test_the_sgd_groups_rates_are_settings():
+    assert (Config.for_model("airbench94_muon").bias_lr,
+            Config.for_model("airbench94_muon").head_lr) == (0.053, 0.67)
+    args = train.parse_args(["--model", "cnn", "--optimizer", "muon", "--bias-lr", "0.001",
+                             "--head-lr", "0.002"])
+    assert (args.bias_lr, args.head_lr) == (0.001, 0.002)
+    with pytest.raises(ConfigError, match=r"^head_lr=0.001 is taken by none of the run's pieces"):
+        Config.for_model("cnn", head_lr=1e-3)  # adam has no such group
+
+
 def test_cnn_trains_with_muon(mock_cifar10, tmp_path):
     config = Config.for_model("cnn", optimizer="muon")
     params = train_state.from_config(config, jax.random.key(0), n_train=64).params
@@ -286,11 +296,12 @@ def test_cnn_trains_with_muon(mock_cifar10, tmp_path):
 
 
 def test_a_sweep_of_muons_settings_steps_as_each_points_own_optimiser():
-    """`--sweep` over Muon's learning rate and momentum and the SGD groups' weight decay: three
-    updates of every point, its values leaves of the optimiser's state, equal to the optimiser
-    built with them (the convolution kernel, the stem, a BatchNorm bias and the head)."""
+    """`--sweep` over Muon's learning rate, the SGD groups' weight decay and the head's learning
+    rate (the decay is coupled: divided by each group's rate): three updates of every point,
+    its values leaves of the optimiser's state, equal to the optimiser built with them (the
+    convolution kernel, the stem, a BatchNorm bias and the head)."""
     config = Config.for_model("airbench94_muon", sweep={
-        "learning_rate": [0.12, 0.24], "momentum": [0.5, 0.6], "weight_decay": [1e-6, 2e-6]})
+        "learning_rate": [0.12, 0.24], "weight_decay": [1e-6, 2e-6], "head_lr": [0.67, 0.1]})
     rng = np.random.default_rng(0)
     params = {"whiten": {"kernel": rng.normal(size=(2, 2, 3, 4)), "bias": rng.normal(size=4)},
               "group1": {"Conv_0": {"kernel": rng.normal(size=(3, 3, 4, 8))},

@@ -178,13 +178,13 @@ def test_a_point_that_diverges_is_named_and_the_others_train_on(mock_cifar10, tm
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--sweep", "lr=0.1,0.2"], ("--sweep lr: no such setting; sweepable are learning_rate, "
-     "label_smoothing, momentum, weight_decay, bias_scaler")),
+     "label_smoothing, momentum, weight_decay, bias_scaler, bias_lr, head_lr")),
     (["--sweep", "batch_size=32,64"], ("--sweep batch_size: batch_size changes the compiled "
      "program, which one sweep cannot vary: train separate runs, one per value; sweepable are "
-     "learning_rate, label_smoothing, momentum, weight_decay, bias_scaler")),
+     "learning_rate, label_smoothing, momentum, weight_decay, bias_scaler, bias_lr, head_lr")),
     (["--sweep", "epochs=1,2"], ("--sweep epochs: epochs changes the compiled program, which one "
      "sweep cannot vary: train separate runs, one per value; sweepable are learning_rate, "
-     "label_smoothing, momentum, weight_decay, bias_scaler")),
+     "label_smoothing, momentum, weight_decay, bias_scaler, bias_lr, head_lr")),
     (["--sweep", "seed=1,2"], ("--sweep seed: seeds are not swept: --num-seeds N trains seeds "
      "--seed to --seed+N-1 at every point")),
     (["--sweep", "learning_rate=0.1,-0.2"], ("--sweep learning_rate: learning_rate must be a "

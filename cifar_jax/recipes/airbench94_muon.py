@@ -184,8 +184,8 @@ def muon_param_labels(params):
 
 
 def muon(learning_rate=0.24, momentum=0.6, weight_decay=2e-6, whiten_bias_epochs=3,
-         dtype="float32", *, batch_size, total_steps, steps_per_epoch, schedule="constant",
-         bias_lr=0.053, head_lr=0.67, sgd_momentum=0.85, ns_steps=3):
+         dtype="float32", bias_lr=0.053, head_lr=0.67, *, batch_size, total_steps,
+         steps_per_epoch, schedule="constant", sgd_momentum=0.85, ns_steps=3):
     """airbench94_muon's optimiser, usable by any model (`muon_param_label` makes the groups):
     learning_rate   Muon's, for the 4-D kernels (per unit of the orthogonalised update)
     momentum        Muon's Nesterov momentum
@@ -194,7 +194,11 @@ def muon(learning_rate=0.24, momentum=0.6, weight_decay=2e-6, whiten_bias_epochs
     whiten_bias_epochs  epochs the whitening stem's bias trains, its lr falling to zero over
                     ceil(whiten_bias_epochs * steps_per_epoch) steps (then it is frozen)
     dtype           the run's dtype: Newton-Schulz runs in it
-    bias_lr, head_lr, sgd_momentum  the SGD groups' (keyword-only: not command-line settings)
+    bias_lr         the SGD group of the biases (`BIAS`, and the stem's bias)
+    head_lr         the SGD group of the rest (`HEAD`): the recipe's 0.67 is for airbench's
+                    head, whose logits are divided by 256; another model's Dense layers want
+                    about 1e-3 (with bias_lr too)
+    sgd_momentum    the SGD groups' Nesterov momentum (keyword-only: not a command-line setting)
     ns_steps        Newton-Schulz iterations
     schedule        the run's --schedule: only "constant" (the decay is built in)
     Every lr falls linearly to zero over the run's `total_steps` (the stem bias's over its
