@@ -28,10 +28,12 @@ def check(config, n_train=50_000):
     variables = _attempt("model", config.model, f"failed to initialise on images "
                          f"{list(images.shape)}", jax.eval_shape,
                          lambda x: model.init(key, x, train=False), images)
-    for train in (True, False):
-        logits = _attempt("model", config.model, f"failed on images {list(images.shape)}",
-                          jax.eval_shape, lambda v, x, train=train: _apply(model, v, x, train),
-                          variables, images)
+    jaxprs = {}
+    for train in (True, False):  # traced once each: the training one is read for convolutions
+        jaxprs[train], logits = _attempt(
+            "model", config.model, f"failed on images {list(images.shape)}",
+            jax.make_jaxpr(lambda v, x, train=train: _apply(model, v, x, train), return_shape=True),
+            variables, images)
         if getattr(logits, "shape", None) != (BATCH, NUM_CLASSES):
             _fail("model", config.model, f"returns {_describe(logits)} for {BATCH} images, not "
                   f"logits [{BATCH}, {NUM_CLASSES}]")
@@ -68,7 +70,7 @@ def check(config, n_train=50_000):
               "a function: this run trains, but --resume, evaluate and predict in another "
               "process need it in a module on PYTHONPATH, registered there or named as "
               "module:attribute" for kind, name in _not_importable(config)),
-            *_slow_convolutions(config, model, variables, images)]
+            *_slow_convolutions(config, jaxprs[True])]
 
 
 def _apply(model, variables, images, train):
@@ -76,12 +78,12 @@ def _apply(model, variables, images, train):
                        mutable=["batch_stats"])[0]
 
 
-def _slow_convolutions(config, model, variables, images):
-    """A note for a model that convolves with XLA's own convolution on the CPU, where XLA runs
-    it inside the compiled training loop about 20x slower than outside (jax-ml/jax#12868)."""
+def _slow_convolutions(config, jaxpr):
+    """A note for a model (`jaxpr`: its training forward pass) that convolves with XLA's own
+    convolution on the CPU, where XLA runs it inside the compiled training loop about 20x
+    slower than outside (jax-ml/jax#12868)."""
     if jax.default_backend() != "cpu":
         return []
-    jaxpr = jax.make_jaxpr(lambda v, x: _apply(model, v, x, True))(variables, images)
     if "conv_general_dilated" not in str(jaxpr):
         return []
     return [(f"note: model {config.model!r} convolves with XLA's convolution, which XLA:CPU runs "

@@ -8,7 +8,7 @@ import json
 import sys
 
 import tensorflow_datasets as tfds
-from conftest import LR_SWEEP, MOCK_EXAMPLES, cnn_config, mlp_config, trained
+from conftest import LR_SWEEP, MOCK_EXAMPLES, cnn_config, trained
 
 from cifar_jax import parallel, train
 
@@ -33,6 +33,6 @@ if __name__ == "__main__":
         results["batch_30"] = command(*cnn, "--batch-size", "30", "--workdir", f"{out}/batch_30")
     results["seeds"] = trained(cnn_config(num_seeds=2), f"{out}/seeds")[-1]["per_seed"]
     results["sweep"] = [entry["per_seed"] for entry in trained(
-        mlp_config(epochs=1, num_seeds=2, sweep=LR_SWEEP), f"{out}/sweep")[-1]["points"]]
+        cnn_config(epochs=1, num_seeds=2, sweep=LR_SWEEP), f"{out}/sweep")[-1]["points"]]
     with open(f"{out}/results.json", "w") as f:
         json.dump(results, f)

@@ -210,7 +210,8 @@ predict.main(["--workdir", {workdir!r}, {str(tmp_path / "x.png")!r}])
 def test_a_second_process_on_a_run_is_refused_naming_the_first(cnn_run, mock_cifar10, tmp_path,
                                                                capsys):
     workdir = copy_run(cnn_run, tmp_path)
-    before = snapshot(workdir)
+    with run.lock(workdir):  # its lock file names the holder: this process, as below
+        before = snapshot(workdir)
     fresh = str(tmp_path / "fresh")
     # a resume, a fresh start in an empty folder, one in the folder the holder is filling
     for folder, args in ((workdir, ["--resume"]), (fresh, []), (workdir, [])):

@@ -16,6 +16,7 @@ from mock_train import cnn_command
 
 from cifar_jax import predict, steps, train
 from cifar_jax.config import Config
+from cifar_jax.run import lock
 from cifar_jax.train import train_and_evaluate
 
 
@@ -108,7 +109,8 @@ def test_resume_errors_are_one_line_and_touch_nothing(cnn_run, mock_cifar10, tmp
     _, finished, _ = cnn_run
     run = str(tmp_path / "run")
     shutil.copytree(finished, run)
-    before = snapshot(run)
+    with lock(run):  # its lock file names the holder: this process, as below
+        before = snapshot(run)
     assert run_cli(capsys, "--workdir", run, "--resume", "--model", "mlp") == (
         2, f"error: {run} was run with model='cnn', not 'mlp': drop that flag to resume the run as it was")
     assert run_cli(capsys, "--workdir", run, "--resume", "--epochs", "1") == (
@@ -141,14 +143,14 @@ def test_resume_needs_a_workdir(capsys):
 
 
 def mock_train(workdir, *extra):
-    argv, env = cnn_command(workdir, *extra, epochs=3, examples=1500)
+    argv, env = cnn_command(workdir, *extra, epochs=3, examples=1000)
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def resume_here(workdir, capsys):
     """`mock_train(workdir, "--resume")`, but in this process (only the victim needs one of its
     own): (exit code, stdout, stderr)."""
-    with tfds.testing.mock_data(num_examples=1500):
+    with tfds.testing.mock_data(num_examples=1000):
         code = train.main(["--model", "cnn", "--epochs", "3", "--workdir", workdir,
                            "--no-progress", "--resume"])
     out, err = capsys.readouterr()
@@ -167,7 +169,7 @@ def wait_for_checkpoint(workdir, epoch, proc):
 def whole(tmp_path_factory):
     """The run `mock_train` makes, uninterrupted and in-process."""
     workdir = str(tmp_path_factory.mktemp("whole") / "run")
-    with tfds.testing.mock_data(num_examples=1500):
+    with tfds.testing.mock_data(num_examples=1000):
         train_and_evaluate(Config.for_model("cnn", epochs=3), workdir, progress=False)
     return workdir
 
@@ -195,14 +197,14 @@ def test_sigterm_mid_epoch_saves_that_step_and_resume_is_exact(whole, tmp_path, 
     cut = str(tmp_path / "cut")
     victim = mock_train(cut)
     wait_for_checkpoint(cut, 1, victim)
-    time.sleep(0.3)  # into epoch 2, whose 47 steps take 20 compiled calls
+    time.sleep(0.3)  # into epoch 2, whose 32 steps take 16 compiled calls
     victim.send_signal(sig)
     _, err = victim.communicate(timeout=60)
     assert victim.returncode == 128 + sig
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert re.fullmatch(
-        rf"stopped by {sig.name} at epoch [23]/3, step \d+/47: every step is checkpointed; "
+        rf"stopped by {sig.name} at epoch [23]/3, step \d+/32: every step is checkpointed; "
         rf"continue with: python -m cifar_jax.train --workdir {re.escape(cut)} --resume", last), last
     assert len(rows(cut)) < 3
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import swept_and_own_optimiser_steps
+from conftest import cnn_config, swept_and_own_optimiser_steps
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_resume import interrupted_then_resumed, rows
@@ -21,10 +21,6 @@ from cifar_jax.config import Config, ExtensionError
 from cifar_jax.train import train_and_evaluate
 
 KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-
-
-def mlp(**overrides):
-    return Config.for_model("mlp", **{"epochs": 2, "eval_batch_size": 32, **overrides})
 
 
 def test_each_point_and_seed_equals_its_own_run(lr_sweep):
@@ -95,7 +91,7 @@ def test_rows_table_plot_and_tensorboard_runs(lr_sweep):
         with Image.open(os.path.join(workdir, name)) as image:
             assert image.format == "PNG" and image.size[0] > 300
     assert sorted(os.listdir(os.path.join(workdir, "tensorboard"))) == [
-        "learning_rate=0.01", "learning_rate=0.02"]
+        "learning_rate=0.001", "learning_rate=0.002"]
     for i, entry in enumerate(final["points"]):
         events = EventAccumulator(os.path.join(workdir, "tensorboard", sweep.label(entry["point"])))
         events.Reload()
@@ -133,25 +129,25 @@ def test_evaluate_and_predict_take_a_point_and_a_member(lr_sweep, mock_cifar10, 
     got = json.loads(capsys.readouterr().out)
     assert got["point"] == best["point"]
     assert got["test_accuracy"] == pytest.approx(best["ensemble_test_accuracy"])
-    assert evaluate.main(["--workdir", workdir, "--json", "--point", "learning_rate=0.02",
+    assert evaluate.main(["--workdir", workdir, "--json", "--point", "learning_rate=0.002",
                           "--member", "1"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["test_accuracy"] == pytest.approx(final["points"][1]["per_seed"]["test_accuracy"][1])
-    assert evaluate.main(["--workdir", workdir, "--point", "learning_rate=0.03"]) == 1
+    assert evaluate.main(["--workdir", workdir, "--point", "learning_rate=0.003"]) == 1
     assert capsys.readouterr().err.strip() == (
-        "error: --point learning_rate=0.03 is not in the sweep; its points: learning_rate=0.01; "
-        "learning_rate=0.02")
+        "error: --point learning_rate=0.003 is not in the sweep; its points: learning_rate=0.001; "
+        "learning_rate=0.002")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
     answers = []
-    for point in ("learning_rate=0.01", "learning_rate=0.02"):
+    for point in ("learning_rate=0.001", "learning_rate=0.002"):
         assert predict.main(["--workdir", workdir, str(tmp_path / "x.png"), "--json",
                              "--point", point]) == 0
         answers.append(json.loads(capsys.readouterr().out)["probability"])
     assert answers[0] != answers[1]
     assert predict.main(["--workdir", workdir, str(tmp_path / "x.png"), "--point", "momentum=1"]) == 1
     assert capsys.readouterr().err.strip() == (
-        "error: --point momentum: the sweep does not vary it; its points: learning_rate=0.01; "
-        "learning_rate=0.02")
+        "error: --point momentum: the sweep does not vary it; its points: learning_rate=0.001; "
+        "learning_rate=0.002")
 
 
 def test_a_sweep_resumes_exactly(lr_sweep, mock_cifar10, tmp_path, monkeypatch, capsys):
@@ -165,14 +161,14 @@ def test_a_sweep_resumes_exactly(lr_sweep, mock_cifar10, tmp_path, monkeypatch, 
 
 
 def test_a_point_that_diverges_is_named_and_the_others_train_on(mock_cifar10, tmp_path, capsys):
-    history = train_and_evaluate(mlp(epochs=1, sweep={"learning_rate": [0.01, 1e9]}, num_seeds=2),
-                                 str(tmp_path / "run"), progress=False)
+    history = train_and_evaluate(cnn_config(epochs=1, sweep={"learning_rate": [0.001, 1e9]},
+                                            num_seeds=2), str(tmp_path / "run"), progress=False)
     out = capsys.readouterr().out
     assert ("note: diverged (loss above 100 x ln 10, or NaN), training on without them: "
             "learning_rate=1e+09, seed 0; learning_rate=1e+09, seed 1") in out
     good, bad = history[-1]["points"]
     assert np.isfinite(good["train_loss"]) and not np.isfinite(bad["train_loss"])
-    assert f"best point learning_rate=0.01: test accuracy {good['test_accuracy']:.4f}" in \
+    assert f"best point learning_rate=0.001: test accuracy {good['test_accuracy']:.4f}" in \
         sweep.verdict(history[-1])
 
 
