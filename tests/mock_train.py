@@ -3,11 +3,14 @@
 For tests that must run training as a separate process (to kill it, say) without the real data;
 `cnn_command` gives them the command line and environment. Importing torch fails loudly here:
 none of cifar_jax's commands needs it, and where it is installed it costs seconds of start-up.
+MOCK_CALL_SECONDS=S makes every compiled call of training start S seconds late, so that a run
+on a few mock images lasts long enough to be interrupted where a test wants it.
 """
 
 import importlib.abc
 import os
 import sys
+import time
 
 import tensorflow_datasets as tfds
 
@@ -29,7 +32,15 @@ class TorchImported(importlib.abc.MetaPathFinder):
 
 if __name__ == "__main__":
     sys.meta_path.insert(0, TorchImported())
+    from cifar_jax import steps
     from cifar_jax.train import main
+
+    if delay := float(os.environ.get("MOCK_CALL_SECONDS", "0")):
+        def late(*args, real=steps.train_batches, **kwargs):
+            time.sleep(delay)
+            return real(*args, **kwargs)
+
+        steps.train_batches = late
 
     with tfds.testing.mock_data(num_examples=int(os.environ.get("MOCK_EXAMPLES", "70"))):
         sys.exit(main(sys.argv[1:]))

@@ -8,6 +8,7 @@ import subprocess
 import typing
 
 import pytest
+from conftest import MOCK_EXAMPLES
 from mock_train import cnn_command
 
 from cifar_jax import parallel, run
@@ -40,8 +41,9 @@ def test_two_processes_train_together_and_only_the_first_writes(tmp_path):
     workdir = str(tmp_path / "run")
     procs = []
     for i in range(2):
-        argv, env = cnn_command(workdir, env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                                              "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+        argv, env = cnn_command(workdir, "--eval-batch-size", "32", examples=MOCK_EXAMPLES, env={
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(i)})
         procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     outs = [p.communicate(timeout=300) for p in procs]

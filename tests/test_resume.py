@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import MOCK_EXAMPLES, cnn_config, trained
 from mock_train import cnn_command
 
 from cifar_jax import predict, steps, train
@@ -142,17 +143,19 @@ def test_resume_needs_a_workdir(capsys):
                                                "--workdir: the folder of the run to continue (see --help)")
 
 
-def mock_train(workdir, *extra):
-    argv, env = cnn_command(workdir, *extra, epochs=3, examples=1000)
+def mock_train(workdir):
+    """The run `whole` makes, in a process of its own (to be signalled), each of its compiled
+    calls (3 an epoch, a step each) starting a quarter of a second late."""
+    argv, env = cnn_command(workdir, "--eval-batch-size", "32", epochs=3, examples=MOCK_EXAMPLES,
+                            env={"MOCK_CALL_SECONDS": "0.25"})
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def resume_here(workdir, capsys):
-    """`mock_train(workdir, "--resume")`, but in this process (only the victim needs one of its
-    own): (exit code, stdout, stderr)."""
-    with tfds.testing.mock_data(num_examples=1000):
-        code = train.main(["--model", "cnn", "--epochs", "3", "--workdir", workdir,
-                           "--no-progress", "--resume"])
+    """`mock_train(workdir)` resumed (`--resume`), but in this process (only the victim needs
+    one of its own) and at full speed: (exit code, stdout, stderr)."""
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        code = train.main(["--workdir", workdir, "--no-progress", "--resume"])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -167,10 +170,9 @@ def wait_for_checkpoint(workdir, epoch, proc):
 
 @pytest.fixture(scope="session")  # not per module: xdist may interleave modules
 def whole(tmp_path_factory):
-    """The run `mock_train` makes, uninterrupted and in-process."""
+    """A 3-epoch CNN run, uninterrupted and in-process: the run `mock_train` makes."""
     workdir = str(tmp_path_factory.mktemp("whole") / "run")
-    with tfds.testing.mock_data(num_examples=1000):
-        train_and_evaluate(Config.for_model("cnn", epochs=3), workdir, progress=False)
+    trained(cnn_config(epochs=3), workdir)
     return workdir
 
 
@@ -197,14 +199,14 @@ def test_sigterm_mid_epoch_saves_that_step_and_resume_is_exact(whole, tmp_path, 
     cut = str(tmp_path / "cut")
     victim = mock_train(cut)
     wait_for_checkpoint(cut, 1, victim)
-    time.sleep(0.3)  # into epoch 2, whose 32 steps take 16 compiled calls
+    time.sleep(0.3)  # into epoch 2, whose 3 steps take 3 late compiled calls
     victim.send_signal(sig)
     _, err = victim.communicate(timeout=60)
     assert victim.returncode == 128 + sig
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert re.fullmatch(
-        rf"stopped by {sig.name} at epoch [23]/3, step \d+/32: every step is checkpointed; "
+        rf"stopped by {sig.name} at epoch [23]/3, step \d+/3: every step is checkpointed; "
         rf"continue with: python -m cifar_jax.train --workdir {re.escape(cut)} --resume", last), last
     assert len(rows(cut)) < 3
 
