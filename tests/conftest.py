@@ -59,6 +59,16 @@ def registries_as_they_were():
             getattr(registries, name)[kind].update(entries)
 
 
+def _blank_png(figure, path, **kwargs):
+    Image.new("RGB", (1, 1)).save(path, "PNG")
+
+
+def figures_unrendered_here():
+    """From now on in this process, figures are built by the same code but saved as blank PNGs
+    (`figures_unrendered`): for the scripts the tests run as subprocesses."""
+    Figure.tight_layout, Figure.savefig = lambda self, **kwargs: None, _blank_png
+
+
 @pytest.fixture(autouse=True)
 def figures_unrendered(request, monkeypatch):
     """A run's PNGs take about a second of matplotlib's layout and rasterising, a fifth of a
@@ -67,8 +77,7 @@ def figures_unrendered(request, monkeypatch):
     tests open, and tests marked `rendered` draw them for real."""
     if request.node.get_closest_marker("rendered") is None:
         monkeypatch.setattr(Figure, "tight_layout", lambda self, **kwargs: None)
-        monkeypatch.setattr(Figure, "savefig",
-                            lambda self, path, **kwargs: Image.new("RGB", (1, 1)).save(path, "PNG"))
+        monkeypatch.setattr(Figure, "savefig", _blank_png)
 
 
 def narrow_airbench(dtype):

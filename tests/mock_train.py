@@ -3,6 +3,7 @@
 For tests that must run training as a separate process (to kill it, say) without the real data;
 `cnn_command` gives them the command line and environment. Importing torch fails loudly here:
 none of cifar_jax's commands needs it, and where it is installed it costs seconds of start-up.
+Figures are saved unrendered, as in the tests' own runs (conftest.figures_unrendered).
 MOCK_CALL_SECONDS=S makes every compiled call of training start S seconds late, so that a run
 on a few mock images lasts long enough to be interrupted where a test wants it.
 """
@@ -32,9 +33,12 @@ class TorchImported(importlib.abc.MetaPathFinder):
 
 if __name__ == "__main__":
     sys.meta_path.insert(0, TorchImported())
+    from conftest import figures_unrendered_here
+
     from cifar_jax import steps
     from cifar_jax.train import main
 
+    figures_unrendered_here()
     if delay := float(os.environ.get("MOCK_CALL_SECONDS", "0")):
         def late(*args, real=steps.train_batches, **kwargs):
             time.sleep(delay)

@@ -8,7 +8,13 @@ import json
 import sys
 
 import tensorflow_datasets as tfds
-from conftest import LR_SWEEP, MOCK_EXAMPLES, cnn_config, trained
+from conftest import (
+    LR_SWEEP,
+    MOCK_EXAMPLES,
+    cnn_config,
+    figures_unrendered_here,
+    trained,
+)
 
 from cifar_jax import parallel, train
 
@@ -25,6 +31,7 @@ def command(*argv):
 
 
 if __name__ == "__main__":
+    figures_unrendered_here()
     out = sys.argv[1]
     cnn = ["--model", "cnn", "--epochs", "2", "--eval-batch-size", "32", "--no-progress"]
     results = {"meshes": {n: list(parallel.data_mesh(n).shape.values()) for n in (1, 2, 3, 8)}}
