@@ -204,7 +204,8 @@ def test_network_is_airbench94s_with_the_muon_changes(net_and_variables):
     assert float(jnp.abs(bias).max()) <= 1 / math.sqrt(12) and float(jnp.abs(bias).min()) > 0
     # The logits are the head's output / 256.
     images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
-    logits, state = net.apply(variables, images, capture_intermediates=True)
+    logits, state = jax.jit(lambda v, x: net.apply(v, x, capture_intermediates=True))(
+        variables, images)  # compiled: op by op, the network takes seconds
     head_out = state["intermediates"]["head"]["__call__"][0]
     np.testing.assert_allclose(logits, head_out / 256, rtol=1e-6)
 
