@@ -277,8 +277,8 @@ class Config:
                                 "point (x --num-seeds seeds) trains in one compiled program, "
                                 "each as its own run with that value would. Sweepable: "
                                 "learning_rate, momentum, weight_decay, label_smoothing, "
-                                "bias_scaler, bias_lr, head_lr. Writes sweep.csv, sweep.png and one TensorBoard "
-                                "run per point", flag="--sweep")
+                                "bias_scaler, bias_lr, head_lr. Writes sweep.csv, sweep.png and "
+                                "one TensorBoard run per point", flag="--sweep")
     data_dir: str | None = _setting(
         None, "TFDS data dir holding a prepared cifar10; CIFAR-10 is downloaded there if missing "
               "(default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)", runtime=True)
