@@ -59,14 +59,16 @@ def registries_as_they_were():
             getattr(registries, name)[kind].update(entries)
 
 
-def _blank_png(figure, path, **kwargs):
-    Image.new("RGB", (1, 1)).save(path, "PNG")
+# What `figures_unrendered` puts in matplotlib's Figure: no layout, and a blank PNG for a file.
+UNRENDERED = {"tight_layout": lambda self, **kwargs: None,
+              "savefig": lambda self, path, **kwargs: Image.new("RGB", (1, 1)).save(path, "PNG")}
 
 
 def figures_unrendered_here():
     """From now on in this process, figures are built by the same code but saved as blank PNGs
     (`figures_unrendered`): for the scripts the tests run as subprocesses."""
-    Figure.tight_layout, Figure.savefig = lambda self, **kwargs: None, _blank_png
+    for name, method in UNRENDERED.items():
+        setattr(Figure, name, method)
 
 
 @pytest.fixture(autouse=True)
@@ -76,8 +78,8 @@ def figures_unrendered(request, monkeypatch):
     PNG. The session's runs (`cnn_run`, `lr_sweep`: set up before this fixture), whose plots
     tests open, and tests marked `rendered` draw them for real."""
     if request.node.get_closest_marker("rendered") is None:
-        monkeypatch.setattr(Figure, "tight_layout", lambda self, **kwargs: None)
-        monkeypatch.setattr(Figure, "savefig", _blank_png)
+        for name, method in UNRENDERED.items():
+            monkeypatch.setattr(Figure, name, method)
 
 
 def narrow_airbench(dtype):
