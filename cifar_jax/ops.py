@@ -1,7 +1,9 @@
-"""Speed kernels: exact re-formulations of Flax/lax operations that XLA:CPU runs faster.
+"""Speed kernels: re-formulations of Flax/lax operations that XLA:CPU runs faster.
 
 Models take them as fields (`conv=...`) or call them in place of the plain operation; tests
-check each against the plain form, gradients included. Measured gains: benchmarks/README.md.
+check each against the plain form, gradients included. All are exact in exact arithmetic;
+all but `conv_winograd` also round as the plain form does, up to the order of a sum.
+Measured gains: benchmarks/README.md.
 """
 
 import jax
@@ -107,7 +109,88 @@ def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_
     return out.reshape(b, oh, ow, cout)
 
 
-def default_conv():
+# Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional
+# Neural Networks", 2016): each 2x2 block of outputs is A^T [(G g G^T) * (B^T d B)] A, where d is
+# the 4x4 block of inputs under it and g the 3x3 filter.
+_WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+_WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+
+
+def _combine(parts, matrix):
+    """[sum_j matrix[i][j] * parts[j] for each row i] for matrices of 0 and +-1: adds only."""
+    rows = []
+    for row in matrix:
+        terms = [p if c == 1 else -p for c, p in zip(row, parts) if c]
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        rows.append(total)
+    return rows
+
+
+def conv_winograd(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
+                  dimension_numbers=None, feature_group_count=1, precision=None,
+                  preferred_element_type=None):
+    """A 3x3 stride-1 NHWC convolution by Winograd's F(2x2, 3x3): 4/9 of the multiplies.
+
+    Drop-in for `lax.conv_general_dilated`, as `conv_as_matmul`: the same parameters and, in
+    exact arithmetic, the same outputs and gradients; in float32 they differ from the direct
+    sum by rounding (relative 1e-6 at airbench's sizes), so a run with it is not bit for bit the
+    run with `conv_as_matmul`, and a recipe's accuracy is measured again (benchmarks/README.md).
+    Each 2x2 block of outputs takes 16 products of transformed 4x4 input blocks and transformed
+    filters instead of 36: 16 matmuls [blocks, cin] x [cin, cout], and adds around them. They
+    stay 16 separate matmuls on purpose: stacked into one batched matmul, XLA:CPU writes the 16
+    transformed inputs and then copies them into the stack, which costs more than it saves (the
+    price of 16: about twice the compile time of `conv_as_matmul`). An odd output side is
+    computed one row (column) longer and cropped, so small outputs gain little: outputs smaller
+    than 4x4, other kernel sizes, strides and anything `conv_as_matmul` hands on go there.
+    """
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    winograd = (rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1)
+                and feature_group_count == 1
+                and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+                and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation)))
+    if winograd:
+        pads = (lax.padtype_to_pads(lhs.shape[1:3], (3, 3), (1, 1), padding)
+                if isinstance(padding, str) else tuple(tuple(p) for p in padding))
+        oh, ow = (lhs.shape[i + 1] + sum(pads[i]) - 2 for i in range(2))
+    if not winograd or min(oh, ow) < 4:
+        return conv_as_matmul(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, precision=precision,
+            preferred_element_type=preferred_element_type)
+    cin, cout = rhs.shape[2:]
+    th, tw = (oh + 1) // 2, (ow + 1) // 2  # 2x2 output blocks; an odd side gets one more row
+    b = lhs.shape[0]
+    lhs = jnp.pad(lhs, ((0, 0), (pads[0][0], pads[0][1] + 2 * th - oh),
+                        (pads[1][0], pads[1][1] + 2 * tw - ow), (0, 0)))
+
+    def input_transform(x, axis, blocks):  # B^T d along `axis`: rows 2t + r, r = 0..3
+        rows = [lax.slice_in_dim(x, r, r + 2 * blocks - 1, stride=2, axis=axis) for r in range(4)]
+        return _combine(rows, _WINOGRAD_BT)
+
+    inputs = [v.reshape(b * th * tw, cin) for u in input_transform(lhs, 1, th)
+              for v in input_transform(u, 2, tw)]
+    g = jnp.asarray(_WINOGRAD_G, rhs.dtype)
+    filters = jnp.einsum("ai,ijco,bj->abco", g, rhs, g).reshape(16, cin, cout)
+    products = [jnp.dot(v, filters[k], precision=precision,
+                        preferred_element_type=preferred_element_type).reshape(b, th, tw, cout)
+                for k, v in enumerate(inputs)]
+    m = [products[4 * a:4 * a + 4] for a in range(4)]  # m[a][c]: row term a, column term c
+    rows = [_combine([m[a][c] for a in range(4)], _WINOGRAD_AT) for c in range(4)]  # A^T m ...
+    blocks = [_combine([rows[c][i] for c in range(4)], _WINOGRAD_AT)  # ... A:
+              for i in range(2)]  # blocks[i][j] = outputs [2t + i, 2s + j]
+    out = jnp.stack([jnp.stack(r, axis=3) for r in blocks], axis=2)  # [b, th, 2, tw, 2, cout]
+    return out.reshape(b, 2 * th, 2 * tw, cout)[:, :oh, :ow]
+
+
+def default_conv(winograd=False):
     """The convolution a model should use on this backend, chosen once when the model is built:
-    `conv_as_matmul` on the CPU, XLA's own convolution (cuDNN on GPUs) elsewhere."""
-    return conv_as_matmul if jax.default_backend() == "cpu" else lax.conv_general_dilated
+    on the CPU `conv_as_matmul`, or `conv_winograd` where `winograd` (it rounds differently:
+    the tutorial's models keep their figures with `conv_as_matmul`, airbench's recipes take
+    Winograd's speed); XLA's own convolution (cuDNN on GPUs) elsewhere."""
+    if jax.default_backend() != "cpu":
+        return lax.conv_general_dilated
+    return conv_winograd if winograd else conv_as_matmul

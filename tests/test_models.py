@@ -10,6 +10,7 @@ from jax import lax
 from cifar_jax.models import CNN, MLP
 from cifar_jax.ops import (
     conv_as_matmul,
+    conv_winograd,
     crop_for_pool,
     max_pool_2x2,
     same_padding_for_pool,
@@ -145,6 +146,48 @@ def test_conv_as_matmul_strided_and_padded_equals_lax_conv_and_its_gradients(ker
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _dots(conv, x, w, strides, padding):
+    """How many matmuls `conv` traces to: Winograd's 16 products and 2 for the filter transform,
+    or im2col's one."""
+    jaxpr = jax.make_jaxpr(lambda x, w: conv(x, w, strides, padding,
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, w)
+    return sum(e.primitive.name == "dot_general" for e in jaxpr.eqns)
+
+
+@pytest.mark.parametrize("size, padding", [((15, 15), "SAME"), ((16, 12), "VALID"),
+                                           ((31, 31), ((1, 0), (1, 0))), ((9, 6), ((2, 0), (0, 1)))])
+def test_conv_winograd_equals_lax_conv_and_its_gradients(size, padding):
+    """Odd and even outputs, airbench's conv1 padding (31 -> 30), uneven padding; 3 -> 8 channels."""
+    x, w = normal(0, (2, *size, 3)), normal(1, (3, 3, 3, 8))
+    apply = jax.jit(lambda conv, x, w: conv(x, w, (1, 1), padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")),
+                    static_argnums=0)
+    g = normal(2, jax.eval_shape(apply, lax.conv_general_dilated, x, w).shape)
+    loss = jax.jit(jax.value_and_grad(lambda conv, x, w: (apply(conv, x, w) * g).sum(), (1, 2)),
+                   static_argnums=0)
+    assert _dots(conv_winograd, x, w, (1, 1), padding) == 18
+    np.testing.assert_allclose(apply(conv_winograd, x, w), apply(lax.conv_general_dilated, x, w),
+                               rtol=1e-5, atol=1e-5)
+    (value, grads) = loss(conv_winograd, x, w)
+    (ref_value, ref_grads) = loss(lax.conv_general_dilated, x, w)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for a, b in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, strides, padding", [((3, 3), (1, 1), "SAME"),  # output < 4x4
+                                                     ((3, 3), (2, 2), "SAME"), ((2, 2), (1, 1), "VALID"),
+                                                     ((5, 5), (1, 1), "SAME")])
+def test_conv_winograd_hands_other_cases_to_conv_as_matmul(shape, strides, padding):
+    x = normal(0, (2, 3 if strides == (1, 1) and shape == (3, 3) else 9, 9, 3))
+    w = normal(1, (*shape, 3, 8))
+    assert _dots(conv_winograd, x, w, strides, padding) == 1
+    conv = jax.jit(lambda conv, x, w: conv(x, w, strides, padding,
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC")),
+                   static_argnums=0)
+    np.testing.assert_array_equal(conv(conv_winograd, x, w), conv(conv_as_matmul, x, w))
 
 
 def test_cnn_is_the_same_function_with_either_convolution():
