@@ -67,6 +67,22 @@ def same_padding_for_pool(size, kernel_size):
     return tuple(((kernel_size - 1) // 2, kernel_size // 2 - s % 2) for s in size)
 
 
+def _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):
+    """Whether a convolution is the plain case the speed kernels handle: NHWC/HWIO, no
+    dilation, no feature groups."""
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    return (feature_group_count == 1
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+            and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation)))
+
+
+def _pads(lhs, kernel, strides, padding):
+    """((before, after), (before, after)) of an NHWC convolution's `padding` (a string or pairs)."""
+    if isinstance(padding, str):
+        return lax.padtype_to_pads(lhs.shape[1:3], kernel, strides, padding)
+    return tuple(tuple(p) for p in padding)
+
+
 def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
                    dimension_numbers=None, feature_group_count=1, precision=None,
                    preferred_element_type=None):
@@ -79,10 +95,8 @@ def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_
     not. Anything but the plain case (no dilation, no groups, NHWC/HWIO; any strides) goes to
     `lax.conv_general_dilated`.
     """
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    plain = (feature_group_count == 1
-             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
-             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation)))
+    plain = _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                        feature_group_count)
     if not plain:
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
@@ -90,8 +104,7 @@ def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_
             precision=precision, preferred_element_type=preferred_element_type)
     kh, kw, cin, cout = rhs.shape
     sh, sw = window_strides
-    pads = (lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
-            if isinstance(padding, str) else padding)
+    pads = _pads(lhs, (kh, kw), (sh, sw), padding)
     if any(tuple(p) != (0, 0) for p in pads):
         lhs = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
     b, oh, ow = lhs.shape[0], (lhs.shape[1] - kh) // sh + 1, (lhs.shape[2] - kw) // sw + 1
@@ -146,14 +159,11 @@ def conv_winograd(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_d
     computed one row (column) longer and cropped, so small outputs gain little: outputs smaller
     than 4x4, other kernel sizes, strides and anything `conv_as_matmul` hands on go there.
     """
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     winograd = (rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1)
-                and feature_group_count == 1
-                and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
-                and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation)))
+                and _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                                feature_group_count))
     if winograd:
-        pads = (lax.padtype_to_pads(lhs.shape[1:3], (3, 3), (1, 1), padding)
-                if isinstance(padding, str) else tuple(tuple(p) for p in padding))
+        pads = _pads(lhs, (3, 3), (1, 1), padding)
         oh, ow = (lhs.shape[i + 1] + sum(pads[i]) - 2 for i in range(2))
     if not winograd or min(oh, ow) < 4:
         return conv_as_matmul(
