@@ -5,9 +5,9 @@ batch; and building a fresh one from a run's config."""
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +15,7 @@ import optax
 from flax import struct
 
 from cifar_jax import models, optim
-from cifar_jax.config import CONTRACTS, ExtensionError, call, lookup, parameters
+from cifar_jax.config import CONTRACTS, ExtensionError, lookup, parameters
 from cifar_jax.data import IMAGE_SHAPE
 from cifar_jax.steps import StepRecipe
 
@@ -25,16 +25,27 @@ DEFAULT_RECIPE = StepRecipe()
 class TrainState(struct.PyTreeNode):
     """`params` are what the optimiser updates; `batch_stats` are what the model updates itself
     in training (BatchNorm's running statistics; {} for models without any); `ema` is the
-    lookahead average of both ({} without lookahead). `recipe` says how a step trains."""
+    lookahead average of both ({} without lookahead). `recipe` says how a step trains.
+
+    `model`, `tx` and `recipe` are static: jit keys its compiled programs on them, by equality.
+    Equal modules are equal (Flax modules are dataclasses), equal recipes too, and `optimizer`
+    gives equal runs the same transformation: a second run like the first in one process (a
+    notebook, a script of runs) reuses its compiled steps instead of tracing them again.
+    """
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: optax.OptState
     ema: Any
-    apply_fn: Callable = struct.field(pytree_node=False)
+    model: nn.Module = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     recipe: StepRecipe = struct.field(pytree_node=False, default=DEFAULT_RECIPE)
+
+    @property
+    def apply_fn(self):
+        """The model's `apply` (a bound method is static only by identity, the module by value)."""
+        return self.model.apply
 
     @property
     def variables(self):
@@ -78,7 +89,7 @@ def create(model, tx, rng, recipe=DEFAULT_RECIPE, images=None):
     ema = (jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
            if recipe.lookahead_steps else {})
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=jax.jit(tx.init)(params), ema=ema, apply_fn=model.apply, tx=tx,
+                      opt_state=jax.jit(tx.init)(params), ema=ema, model=model, tx=tx,
                       recipe=recipe)
 
 
@@ -120,19 +131,31 @@ def optimizer(config, n_train, point=None):
     point = config.points()[0] if point is None else point
     named = {**settings(config), **point, "total_steps": total, "steps_per_epoch": per_epoch}
     learning_rate = named.pop("learning_rate")  # the first argument, whatever its name
-    if swept:
-        names = parameters(fn)
-        arguments = {name: named[name] for name in names if name in named}
-        arguments[next(iter(names))] = learning_rate
-        tx = optax.inject_hyperparams(fn, static_args=tuple(set(names) - set(swept.values())))(
-            **arguments)
-    else:
-        tx = call(fn, learning_rate, **named)
-    if not isinstance(tx, optax.GradientTransformation):
-        raise ExtensionError(f"optimizer {config.optimizer!r} returned a {type(tx).__name__}, not "
-                             f"an optax.GradientTransformation; expected {CONTRACTS['optimizer']}")
+    names = parameters(fn)
+    arguments = tuple((name, named[name]) for name in names if name in named)
+    # swept: the optimiser's arguments that stay Python numbers (the others become leaves)
+    static = tuple(sorted(set(names) - set(swept.values()))) if swept else None
     multiplier = optim.SCHEDULES[config.schedule](total)
-    return optim.scheduled(tx, config.schedule, total), lambda step: float(multiplier(step))
+    return (_transformation(config.optimizer, fn, learning_rate, arguments, static,
+                            config.schedule, total), lambda step: float(multiplier(step)))
+
+
+# Equal arguments (the settings are numbers, strings and tuples, `Config` checks) give the same
+# object, which jit's caches see as equal (`TrainState`).
+@functools.lru_cache(maxsize=64)
+def _transformation(name, fn, learning_rate, arguments, static, schedule, total):
+    """The optimiser `fn` (registered as `name`) with `learning_rate` and `arguments` ((name,
+    value) pairs), scheduled; with `static` not None, built by `optax.inject_hyperparams`, the
+    arguments not in `static` leaves of its state."""
+    if static is None:
+        tx = fn(learning_rate, **dict(arguments))
+    else:
+        tx = optax.inject_hyperparams(fn, static_args=static)(
+            **{next(iter(parameters(fn))): learning_rate, **dict(arguments)})
+    if not isinstance(tx, optax.GradientTransformation):
+        raise ExtensionError(f"optimizer {name!r} returned a {type(tx).__name__}, not an "
+                             f"optax.GradientTransformation; expected {CONTRACTS['optimizer']}")
+    return optim.scheduled(tx, schedule, total)
 
 
 def optimizer_arguments(config):

