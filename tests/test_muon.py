@@ -203,7 +203,7 @@ def test_network_is_airbench94s_with_the_muon_changes(net_and_variables):
     bias = params["whiten"]["bias"]
     assert float(jnp.abs(bias).max()) <= 1 / math.sqrt(12) and float(jnp.abs(bias).min()) > 0
     # The logits are the head's output / 256 (the network with XLA's own convolution: the same
-    # maths as the recipe's, and a third of the compile time).
+    # maths as the recipe's Winograd, and this test in 1.0 s instead of 3.6).
     images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
     logits, state = jax.jit(lambda v, x: net.clone(conv=jax.lax.conv_general_dilated).apply(
         v, x, capture_intermediates=True))(variables, images)  # op by op it takes seconds
