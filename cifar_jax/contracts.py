@@ -97,6 +97,11 @@ def _model(config):
                      config.dtype)
     if not isinstance(model, nn.Module):
         _fail("model", config.model, f"gave a {type(model).__name__}, not a Flax module")
+    try:  # jit keys the compiled steps on the module, by its attributes
+        hash(model)
+    except TypeError:
+        _fail("model", config.model, "has an attribute that cannot be hashed (jit keys the "
+              "compiled steps on the module): give it a tuple, not a list or a dict")
     return model
 
 

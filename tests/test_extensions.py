@@ -182,6 +182,14 @@ BROKEN = {
                    "    @nn.compact\n"
                    "    def __call__(self, x):\n"
                    "        return nn.Dense(10)(x.reshape(len(x), -1))\n",
+    "listy.py": "import flax.linen as nn\n"
+                "class Net(nn.Module):\n"
+                "    widths: object = (10,)\n"
+                "    @nn.compact\n"
+                "    def __call__(self, x, train=False):\n"
+                "        return nn.Dense(self.widths[-1])(x.reshape(len(x), -1))\n"
+                "def net():\n"
+                "    return Net(widths=[16, 10])\n",
     "needs_dep.py": "import nosuchdependency\n",
     "pieces.py": "import jax.numpy as jnp, optax\n"
                  "def not_tx(learning_rate):\n"
@@ -215,6 +223,9 @@ SHAPE, UINT8 = "[B, 32, 32, 3]", "uint8 images [B, 32, 32, 3]"
      ("model 'no_train:Net' failed to initialise on images [2, 32, 32, 3]: TypeError: "
      "Net.__call__() got an "
      "unexpected keyword argument 'train'; expected {model}")),
+    (["--model", "listy:net"],
+     ("model 'listy:net' has an attribute that cannot be hashed (jit keys the compiled steps on "
+      "the module): give it a tuple, not a list or a dict; expected {model}")),
     (["--optimizer", "pieces:not_tx", "--learning-rate", "0.1"],
      ("optimizer 'pieces:not_tx' returned a function, not an optax.GradientTransformation; "
      "expected {optimizer}")),
