@@ -28,7 +28,7 @@ class TrainState(struct.PyTreeNode):
     lookahead average of both ({} without lookahead). `recipe` says how a step trains.
 
     `model`, `tx` and `recipe` are static: jit keys its compiled programs on them, by equality.
-    Equal modules are equal (Flax modules are dataclasses), equal recipes too, and `optimizer`
+    Modules and recipes compare by their attributes (both are dataclasses), and `optimizer`
     gives equal runs the same transformation: a second run like the first in one process (a
     notebook, a script of runs) reuses its compiled steps instead of tracing them again.
     """
