@@ -2,14 +2,14 @@
 
 Bring your own model, optimiser, augmentation or loss without editing the package: register it
 (`register_model("tiny", Tiny, optimizer="adam", epochs=1)` and its siblings) or name it by
-import path on the command line (`--model mynets:ResNet8`). The contracts are in
-`cifar_jax.config.CONTRACTS`.
+import path on the command line (`--model mynets:ResNet8`); its keyword parameters are its
+settings (`--model.width 64`). The contracts are in `cifar_jax.registry.CONTRACTS`.
 """
 
 import importlib
 
-from cifar_jax.config import (
-    Config,
+from cifar_jax.config import Config
+from cifar_jax.registry import (
     register_augmentation,
     register_loss,
     register_model,

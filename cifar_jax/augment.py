@@ -2,9 +2,10 @@
 
 Images are NHWC arrays `[B, H, W, C]` of any dtype (uint8 or float); every function returns the
 same shape and dtype, runs inside `jax.jit` with no host round trip, and treats the whole batch
-at once (no Python loop over images). `translate_pad` and `cutout_size` are Python values fixed
-at trace time. Each is an augmentation as `cifar_jax.config.CONTRACTS` has it (registered in
-`cifar_jax/recipes/`): its parameters are named as the step passes them.
+at once (no Python loop over images). `pad` and `size` are Python values fixed at trace time
+(a sweep of them makes a program per value). Each is an augmentation as
+`cifar_jax.registry.CONTRACTS` has it (registered in `cifar_jax/recipes/`): its parameters are
+named as the step passes them, and its own settings are set as `--augment.translate.pad 4`.
 
 - `random_flip(images, key)`: each image mirrored left-right with p = 0.5.
 - `alternating_flip(images, run_key, indices, epoch)`: airbench's alternating flip. `indices`
@@ -14,7 +15,7 @@ at trace time. Each is an augmentation as `cifar_jax.config.CONTRACTS` has it (r
   that depends only on the key and the dataset index, so every image is seen both ways on
   alternating epochs whatever order and batches it comes in. `run_key` must therefore be the
   same in every epoch; `epoch` counts from 0 and may be traced.
-- `random_translate(images, key, translate_pad=2)`: reflect-pad by `translate_pad` pixels (as
+- `random_translate(images, key, pad=2)`: reflect-pad by `pad` pixels (as
   `jnp.pad(mode='reflect')` or torch's `F.pad(..., 'reflect')`) and crop back to H x W at an
   offset (dy, dx), each uniform in [-pad, pad] and independent per image: output[y, x] =
   padded[y + pad + dy, x + pad + dx]. The rows are reflected by index arithmetic and the
@@ -22,14 +23,15 @@ at trace time. Each is an augmentation as `cifar_jax.config.CONTRACTS` has it (r
   32x32x3) the fastest in float32 of the forms tried (vmapped `lax.dynamic_slice`, a two-stage
   select over the 2*pad+1 shifts, a per-pixel gather) and level with the per-pixel gather in
   uint8.
-- `cutout(images, key, cutout_size=8)`: zero a size x size square whose centre (cy, cx) is
+- `cutout(images, key, size=8)`: zero a size x size square whose centre (cy, cx) is
   uniform over the image; the square covers rows [cy - size//2, cy - size//2 + size) and the
   same for columns, clipped at the border (DeVries & Taylor 2017, so a square near the edge is
   smaller; for an odd size the square is size wide, where their code makes it size - 1). Zero
   means 0 in the input's units: cut after normalisation to cut to the mean colour.
 
-`apply(images, names, key, run_key, ...)` applies the named augmentations (registered names or
-import paths) in the order given; augmentation number k draws from `jax.random.fold_in(key, k)`
+`apply(images, augmentations, key, run_key, ...)` applies the named augmentations (registered
+names or import paths, each with its settings) in the order given; augmentation number k draws
+from `jax.random.fold_in(key, k)`
 and, where it asks for one, a run key `fold_in(run_key, k)`. (airbench crops before its epoch
 flip; flipping first gives the same distribution, since a flip turns offset dx into -dx.)
 
@@ -43,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cifar_jax.config import call, lookup
+from cifar_jax.registry import call, lookup
 
 
 def _flip_mask(key, batch):
@@ -86,14 +88,12 @@ def _reflect(i, n):
     return jnp.where(i >= n, 2 * (n - 1) - i, i)
 
 
-def random_translate(images, key, translate_pad=2):
-    """Reflect-pad by `translate_pad`, then crop H x W at a uniform random offset in
+def random_translate(images, key, pad=2):
+    """Reflect-pad by `pad` pixels, then crop H x W at a uniform random offset in
     [-pad, pad]^2 per image.
 
-    `translate_pad` must be a Python int with 0 <= pad < min(H, W) (as for torch's reflect
-    padding).
+    `pad` must be a Python int with 0 <= pad < min(H, W) (as for torch's reflect padding).
     """
-    pad = translate_pad
     b, h, w, c = images.shape
     if not 0 <= pad < min(h, w):
         raise ValueError(
@@ -129,9 +129,8 @@ def _cutout_centres(key, batch, height, width):
     return jnp.stack([cy, cx], axis=1)
 
 
-def cutout(images, key, cutout_size=8):
+def cutout(images, key, size=8):
     """Zero a size x size square at a uniformly random centre per image, clipped at the border."""
-    size = cutout_size
     b, h, w, _ = images.shape
     if size <= 0:
         return images
@@ -146,16 +145,17 @@ def cutout(images, key, cutout_size=8):
     return jnp.where(square, jnp.zeros((), images.dtype), images)
 
 
-def apply(images, names, key, run_key, *, indices=None, epoch=0, settings=None):
-    """The augmentations `names` (registered names or import paths), in that order.
+def apply(images, augmentations, key, run_key, *, indices=None, epoch=0):
+    """The `augmentations` ((name, {setting: value}) pairs: registered names or import paths,
+    each with its own settings), in that order.
 
-    Augmentation number k is called with the arguments its signature names among: `key`
-    (`fold_in(key, k)`: this batch's), `run_key` (`fold_in(run_key, k)`, from a key that is the
-    same all run), `indices` (the images' positions in the training set), `epoch` (0-based),
-    and the `settings` (e.g. translate_pad). `names` and `settings` are static under jit.
+    Augmentation number k is called with its settings and the arguments its signature names
+    among: `key` (`fold_in(key, k)`: this batch's), `run_key` (`fold_in(run_key, k)`, from a key
+    that is the same all run), `indices` (the images' positions in the training set), `epoch`
+    (0-based). Its settings are Python values, static under jit, or a sweep's traced values.
     """
-    for k, name in enumerate(names):
+    for k, (name, settings) in enumerate(augmentations):
         images = call(lookup("augmentation", name).obj, images, key=jax.random.fold_in(key, k),
-                      run_key=jax.random.fold_in(run_key, k), indices=indices, epoch=epoch,
-                      **(settings or {}))
+                      run_key=jax.random.fold_in(run_key, k), indices=indices,
+                      epoch=epoch, **settings)
     return images

@@ -1,76 +1,118 @@
-"""What a model, optimiser, augmentation and loss must be (`config.CONTRACTS`), checked before a
-run touches anything: on abstract values (`jax.eval_shape`), so nothing is computed or compiled,
-in well under a second. A piece that breaks its contract is one line naming it and what was
-expected (ExtensionError), not a traceback from inside the compiled step.
+"""What a model, optimiser, augmentation and loss must be (`registry.CONTRACTS`), checked before
+a run touches anything: on abstract values (`jax.eval_shape`), so nothing is computed or
+compiled, in well under a second. A piece that breaks its contract is one line naming it and
+what was expected (ExtensionError), not a traceback from inside the compiled step. Also which of
+a sweep's settings the pieces can take as traced values (`untraceable`).
 """
+
+import dataclasses
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax import augment, models
+from cifar_jax import augment
 from cifar_jax import state as train_state
-from cifar_jax.config import CONTRACTS, REGISTRY, ExtensionError, call, lookup
 from cifar_jax.data import IMAGE_SHAPE
+from cifar_jax.registry import CONTRACTS, REGISTRY, ExtensionError, lookup
 
 BATCH = 2  # images in the abstract batch the pieces are tried on
 NUM_CLASSES = 10
+IMAGES = jax.ShapeDtypeStruct((BATCH, *IMAGE_SHAPE), jnp.float32)
 
 
 def check(config, n_train=50_000):
     """Each piece `config` names keeps its contract, or ExtensionError says which does not.
     Returns what the run should say at its start about them (a list of lines, maybe empty)."""
-    model = _model(config)
-    tx, _ = _attempt("optimizer", config.optimizer, "failed when called with the learning rate "
-                     "and the settings it names", train_state.optimizer, config, n_train)
-    key = jax.random.key(0)
-    images = jax.ShapeDtypeStruct((BATCH, *IMAGE_SHAPE), jnp.float32)
-    variables = _attempt("model", config.model, f"failed to initialise on images "
-                         f"{list(images.shape)}", jax.eval_shape,
-                         lambda x: model.init(key, x, train=False), images)
+    model, variables = _model(config)
     jaxprs = {}
     for train in (True, False):  # traced once each: the training one is read for convolutions
         jaxprs[train], logits = _attempt(
-            "model", config.model, f"failed on images {list(images.shape)}",
+            "model", config.model, f"failed on images {list(IMAGES.shape)}",
             jax.make_jaxpr(lambda v, x, train=train: _apply(model, v, x, train), return_shape=True),
-            variables, images)
+            variables, IMAGES)
         if getattr(logits, "shape", None) != (BATCH, NUM_CLASSES):
             _fail("model", config.model, f"returns {_describe(logits)} for {BATCH} images, not "
                   f"logits [{BATCH}, {NUM_CLASSES}]")
-    params = variables["params"]
-    # A sweep's values reach the pieces as traced JAX scalars, not Python numbers (in the
-    # optimiser's state, which is traced here too).
-    swept = {name: jax.ShapeDtypeStruct((), jnp.float32) for name, _ in config.sweep}
-    how = (f"failed with the swept {', '.join(swept)} as traced JAX values (the step gives every "
-           "point's at once: compute with them, but not in Python's if, round or int)")
-    _attempt("optimizer", config.optimizer, how if train_state.optimizer_arguments(config)
-             else "failed to update the model's parameters", jax.eval_shape,
-             lambda p: tx.update(p, tx.init(p), p), params)
-    recipe = train_state.step_recipe(config, n_train)
-    uint8 = jax.ShapeDtypeStruct((BATCH, *IMAGE_SHAPE), jnp.uint8)
-    for name in config.augmentations:
-        out = _attempt("augmentation", name, f"failed on uint8 images {list(uint8.shape)}",
-                       jax.eval_shape, lambda x, name=name: augment.apply(
-                           x, (name,), key, key, indices=jnp.arange(BATCH), epoch=0,
-                           settings=dict(recipe.settings)), uint8)
-        if (getattr(out, "shape", None), getattr(out, "dtype", None)) != (uint8.shape, uint8.dtype):
-            _fail("augmentation", name, f"returns {_describe(out)} for uint8 images "
-                  f"{list(uint8.shape)}")
-    losses = _attempt("loss", config.loss, how if swept else f"failed on logits [{BATCH}, "
-                      f"{NUM_CLASSES}] and labels [{BATCH}]", jax.eval_shape,
-                      lambda logits, labels, values: call(
-                          lookup("loss", config.loss).obj, logits, labels,
-                          **{**dict(recipe.settings), **values}),
-                      jax.ShapeDtypeStruct((BATCH, NUM_CLASSES), jnp.float32),
-                      jax.ShapeDtypeStruct((BATCH,), jnp.int32), swept)
-    if getattr(losses, "shape", None) != (BATCH,):
-        _fail("loss", config.loss, f"returns {_describe(losses)} for a batch of {BATCH}, not one "
-              f"loss per example [{BATCH}] (the step takes their mean or sum)")
+    _optimizer(config, variables["params"], n_train)
+    _augmentations(config, n_train)
+    _loss(config, n_train)
     return [*(f"note: {kind} {name!r} is defined in __main__ (a script or a notebook) or inside "
               "a function: this run trains, but --resume, evaluate and predict in another "
               "process need it in a module on PYTHONPATH, registered there or named as "
               "module:attribute" for kind, name in _not_importable(config)),
             *_slow_convolutions(config, jaxprs[True])]
+
+
+def untraceable(config, n_train=50_000):
+    """The settings `config` sweeps that the pieces taking them cannot take as traced JAX
+    values (a shape, a count, a Python branch on the value), each tried alone: a sweep trains
+    each of their values as a program of its own (`sweep.programs`)."""
+    params = _model(config)[1]["params"]
+
+    def traces(name, values):
+        alone = dataclasses.replace(config, sweep=((name, values),))
+        try:
+            if name == "learning_rate" or name.startswith("optimizer."):
+                _optimizer(alone, params, n_train)
+            elif name.startswith("loss."):
+                _loss(alone, n_train)
+            else:
+                _augmentations(alone, n_train)
+        except ExtensionError:
+            return False
+        return True
+
+    return [name for name, values in config.sweep if not traces(name, values)]
+
+
+def _traced(config):
+    """How a piece failed with the swept values as tracers, for its message."""
+    swept = ", ".join(name for name, _ in config.sweep)
+    return (f"failed with the swept {swept} as traced JAX values (the step gives every "
+            "point's at once: compute with them, but not in Python's if, round or int)")
+
+
+def _optimizer(config, params, n_train):
+    tx, _ = _attempt("optimizer", config.optimizer, "failed when called with the learning rate "
+                     "and its settings", train_state.optimizer, config, n_train)
+    # A sweep's values reach the pieces as traced JAX scalars, not Python numbers (in the
+    # optimiser's state, which is traced here too).
+    _attempt("optimizer", config.optimizer, _traced(config)
+             if train_state.optimizer_arguments(config) else "failed to update the model's "
+             "parameters", jax.eval_shape, lambda p: tx.update(p, tx.init(p), p), params)
+
+
+def _values(recipe):
+    """A model's swept values of the loss's and the augmentations' settings, as tracers."""
+    return {key: jax.ShapeDtypeStruct((), jnp.float32) for key, _ in recipe.swept}
+
+
+def _augmentations(config, n_train):
+    recipe = train_state.step_recipe(config, n_train)
+    uint8 = jax.ShapeDtypeStruct((BATCH, *IMAGE_SHAPE), jnp.uint8)
+    for k, (name, _) in enumerate(recipe.augment):
+        out = _attempt("augmentation", name, _traced(config) if recipe.swept else
+                       f"failed on uint8 images {list(uint8.shape)}", jax.eval_shape,
+                       lambda x, v, k=k: augment.apply(
+                           x, recipe.pieces(v)[1][k:k + 1], jax.random.key(0), jax.random.key(1),
+                           indices=jnp.arange(BATCH), epoch=0), uint8, _values(recipe))
+        if (getattr(out, "shape", None), getattr(out, "dtype", None)) != (uint8.shape, uint8.dtype):
+            _fail("augmentation", name, f"returns {_describe(out)} for uint8 images "
+                  f"{list(uint8.shape)}")
+
+
+def _loss(config, n_train):
+    recipe = train_state.step_recipe(config, n_train)
+    losses = _attempt("loss", config.loss, _traced(config) if recipe.swept else
+                      f"failed on logits [{BATCH}, {NUM_CLASSES}] and labels [{BATCH}]",
+                      jax.eval_shape, lambda logits, labels, v: lookup("loss", config.loss).obj(
+                          logits, labels, **recipe.pieces(v)[0]),
+                      jax.ShapeDtypeStruct((BATCH, NUM_CLASSES), jnp.float32),
+                      jax.ShapeDtypeStruct((BATCH,), jnp.int32), _values(recipe))
+    if getattr(losses, "shape", None) != (BATCH,):
+        _fail("loss", config.loss, f"returns {_describe(losses)} for a batch of {BATCH}, not one "
+              f"loss per example [{BATCH}] (the step takes their mean or sum)")
 
 
 def _apply(model, variables, images, train):
@@ -93,8 +135,9 @@ def _slow_convolutions(config, jaxpr):
 
 
 def _model(config):
-    model = _attempt("model", config.model, "could not be built", models.build, config.model,
-                     config.dtype)
+    """(the run's model, its variables as abstract values)."""
+    model = _attempt("model", config.model, "could not be built", train_state.build_model,
+                     config)
     if not isinstance(model, nn.Module):
         _fail("model", config.model, f"gave a {type(model).__name__}, not a Flax module")
     try:  # jit keys the compiled steps on the module, by its attributes
@@ -102,7 +145,10 @@ def _model(config):
     except TypeError:
         _fail("model", config.model, "has an attribute that cannot be hashed (jit keys the "
               "compiled steps on the module): give it a tuple, not a list or a dict")
-    return model
+    variables = _attempt("model", config.model, f"failed to initialise on images "
+                         f"{list(IMAGES.shape)}", jax.eval_shape,
+                         lambda x: model.init(jax.random.key(0), x, train=False), IMAGES)
+    return model, variables
 
 
 def _not_importable(config):

@@ -57,6 +57,16 @@ def ensemble(state, test, tta=0):
     return steps.summarise(metrics), parallel.gather_from_processes(predictions)[real]
 
 
+def predicted(state, test, tta=0):
+    """The predicted test classes of a model, or of a stacked state's models' ensemble (a
+    stack of one: its model's), with test-time augmentation `tta`."""
+    if is_stacked(state) and state.step.shape[0] > 1:
+        return ensemble(state, test, tta)[1]
+    if is_stacked(state):
+        return evaluate(state, test, tta)[1][0]
+    return evaluate(state, test, tta)[1]
+
+
 def write_reports(out_dir, labels, predicted):
     """confusion_matrix.png and report.txt (per-class precision, recall, F1) into `out_dir`."""
     counts = report.confusion_matrix(labels, predicted, len(data.CLASS_NAMES))
@@ -84,7 +94,8 @@ def parse_args(argv=None):
                         "(default: the ensemble of all, their mean probabilities)")
     p.add_argument("--point", type=point_spec, action="append", metavar="NAME=VALUE",
                    help="of a sweep (--sweep), evaluate this point's models (repeat for each "
-                        "swept setting of a grid; default: the best point)")
+                        "swept setting of a grid, e.g. --point model.features=32,64 --point "
+                        "learning_rate=0.001; default: the best point)")
     p.add_argument("--data-dir", help="TFDS data dir holding a prepared cifar10 (default: the run's)")
     p.add_argument("--no-download", dest="download", action="store_const", const=False,
                    help="fail at once, rather than download, when the data dir lacks cifar10")
@@ -122,9 +133,7 @@ def main(argv=None):
     test = place_test_set(*splits["test"], config.eval_batch_size, mesh)
     score = ensemble if is_stacked(state) else evaluate  # N models: their ensemble
     summary, predicted = score(state, test)
-    point = (config.points()[sweep.select(config, dict(args.point or ()),
-                                          (run.read_metrics(args.workdir) or [None])[-1])]
-             if config.sweep else None)  # the one load_state chose
+    point = run.chosen_point(args.workdir, dict(args.point or ()))[1]  # load_state's
     result = {"epoch": epoch, **({"point": point} if point else {}),
               "test_loss": summary["loss"], "test_accuracy": summary["accuracy"]}
     if config.tta:  # the recipe's test-time augmentation: its predictions go in the reports

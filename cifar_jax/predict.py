@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifar_jax import checkpoint, compilation, models, run, steps
+from cifar_jax import checkpoint, compilation, run, steps
 from cifar_jax.cli import OneLineParser, nonnegative_int, point_spec
 from cifar_jax.config import ConfigError
 from cifar_jax.data import CLASS_NAMES, IMAGE_SHAPE, to_float
@@ -22,7 +22,7 @@ def load_run(workdir, member=None, point=None):
     multi-seed run, every model's variables stacked (their ensemble), or model `member`'s; of
     a sweep, those of the point `point` ({setting: value}; default: the best point)."""
     config, state, _ = run.load_state(workdir, member=member, point=point)
-    return config, models.build(config.model, config.dtype), state.variables
+    return config, state.model, state.variables
 
 
 def load_image(path):
@@ -76,7 +76,8 @@ def parse_args(argv=None):
                         "I) alone (default: the ensemble of all, their mean probabilities)")
     p.add_argument("--point", type=point_spec, action="append", metavar="NAME=VALUE",
                    help="of a sweep (--sweep), use this point's models (repeat for each swept "
-                        "setting of a grid; default: the best point)")
+                        "setting of a grid, e.g. --point model.features=32,64 --point "
+                        "learning_rate=0.001; default: the best point)")
     return p.parse_args(argv)
 
 

@@ -85,17 +85,20 @@ def plot_history(history, path):
 
 
 def _plot_sweep_history(history, path):
-    from cifar_jax.sweep import label
+    from cifar_jax.sweep import final, label
 
-    epochs = [row["epoch"] for row in history]
     fig = _figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "accuracy")):
-        for i, entry in enumerate(history[0]["points"]):
-            mean = np.array([row["points"][i][f"test_{key}"] for row in history])
-            (line,) = ax.plot(epochs, mean, marker="o", label=label(entry["point"]))
-            if f"test_{key}_std" in entry:
-                std = np.array([row["points"][i][f"test_{key}_std"] for row in history])
+        for point in (entry["point"] for entry in final(history)["points"]):
+            name = label(point)  # a program of a sweep may train fewer epochs than another
+            rows = [(row["epoch"], entry) for row in history for entry in row["points"]
+                    if label(entry["point"]) == name]
+            epochs = [epoch for epoch, _ in rows]
+            mean = np.array([entry[f"test_{key}"] for _, entry in rows])
+            (line,) = ax.plot(epochs, mean, marker="o", label=name)
+            if f"test_{key}_std" in rows[0][1]:
+                std = np.array([entry[f"test_{key}_std"] for _, entry in rows])
                 ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set(xlabel="epoch", ylabel=f"test {key}", title=f"test {key} of each point")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -108,31 +111,36 @@ def _plot_sweep_history(history, path):
 def plot_sweep(config, final, path):
     """sweep.png: the final test accuracy (with TTA where the recipe has it) against each swept
     setting, one panel each, with the 95% interval over the seeds as error bars; one line per
-    value of the other swept settings. The learning rate and weight decay on log axes."""
-    from cifar_jax.sweep import label, score_key
+    value of the other swept settings. The learning rate and weight decay on log axes; values
+    that are not numbers (models, tuples, lists of augmentations) side by side, in the sweep's
+    order."""
+    from cifar_jax.sweep import label, score_key, text
 
     names = [name for name, _ in config.sweep]
     fig = _figure(figsize=(5 * len(names), 4))
     axes = np.atleast_1d(fig.subplots(1, len(names)))
     key = score_key(final["points"][0])
-    for ax, name in zip(axes, names):
+    for ax, (name, swept) in zip(axes, config.sweep):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in swept)
+        position = {value: value if numbers else i for i, value in enumerate(swept)}
         others = [other for other in names if other != name]
         lines = {}  # the other settings' values -> (x, mean, low, high) of each point
         for entry in final["points"]:
             point = entry["point"]
             low, high = entry.get("test_accuracy_ci95", (entry[key], entry[key]))
             lines.setdefault(tuple(point[o] for o in others), []).append(
-                (point[name], entry[key], low, high))
-        for rest, points in lines.items():
+                (position[point[name]], entry[key], low, high))
+        for i, (rest, points) in enumerate(lines.items()):
             x, mean, low, high = map(np.array, zip(*sorted(points)))
+            if not numbers:  # side by side, each line a little apart: its error bars show
+                x = x + 0.04 * (i - (len(lines) - 1) / 2)
             ax.errorbar(x, mean, yerr=[mean - low, high - mean], marker="o", capsize=3,
                         label=label(dict(zip(others, rest))) or None)
-        if name in ("learning_rate", "weight_decay") and all(
-                entry["point"][name] > 0 for entry in final["points"]):
+        if numbers and name.rpartition(".")[2] in ("learning_rate", "weight_decay") and all(
+                value > 0 for value in swept):
             ax.set_xscale("log")
             ax.minorticks_off()
-        values = sorted({entry["point"][name] for entry in final["points"]})
-        ax.set_xticks(values, [f"{value:g}" for value in values])
+        ax.set_xticks([position[value] for value in swept], [text(value) for value in swept])
         seeds = config.num_seeds
         ax.set(xlabel=name, ylabel=key.replace("_", " "),
                title=(f"mean and 95% interval of {seeds} seeds" if seeds > 1 else "one seed"))

@@ -7,6 +7,9 @@ trained state back.
     RUN/checkpoints/EPOCH  the train state (`checkpoint.py`)
     RUN/interrupted/STEP   the train state of a run a signal stopped mid-epoch
     RUN/.lock              names the process training the run
+    RUN/programs/K/        of a sweep of several compiled programs: each, a run folder of its
+                           own (its metrics, checkpoints; RUN's config, metrics and reports
+                           are the whole sweep's)
 """
 
 import contextlib
@@ -22,6 +25,7 @@ import jax
 
 from cifar_jax import checkpoint, contracts, parallel, state, sweep
 from cifar_jax.config import RUNTIME_FIELDS, Config, ConfigError, ExtensionError
+from cifar_jax.registry import show
 
 # metrics.jsonl key -> TensorBoard tag
 TENSORBOARD_TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
@@ -133,12 +137,18 @@ def check_resumable(config, workdir):
     and more epochs where the recipe's schedules do not span the run."""
     saved = resumed_config(workdir)
     different = [f.name for f in dataclasses.fields(Config)
-                 if f.name not in (*RUNTIME_FIELDS, "learning_rate", "epochs")
+                 if f.name not in (*RUNTIME_FIELDS, "learning_rate", "epochs", "settings")
                  and getattr(saved, f.name) != getattr(config, f.name)]
     if different:
         k = different[0]
         raise ConfigError(f"{workdir} was run with {k}={getattr(saved, k)!r}, not "
                           f"{getattr(config, k)!r}: drop that flag to resume the run as it was")
+    for k in sorted(set(saved.settings) | set(config.settings)):
+        if saved.settings.get(k) != config.settings.get(k):
+            was, now = (show(s.settings[k]) if k in s.settings else "its default"
+                        for s in (saved, config))
+            raise ConfigError(f"{workdir} was run with {k} {was}, not {now}: drop that flag to "
+                              "resume the run as it was")
     if config.epochs != saved.epochs:
         why = None
         if config.epochs < saved.epochs:
@@ -163,11 +173,16 @@ def discard(workdir, created):
 
 
 def read_metrics(workdir, last_epoch=None):
-    """The rows of `workdir/metrics.jsonl`, up to `last_epoch` if given ([] before the first)."""
+    """The rows of `workdir/metrics.jsonl`, up to `last_epoch` if given ([] before the first);
+    a sweep's points with their tuples as tuples again (JSON wrote them as lists)."""
     if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         return []
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    for row in rows:
+        for entry in row.get("points", ()):
+            entry["point"] = {name: tuple(value) if isinstance(value, list) else value
+                              for name, value in entry["point"].items()}
     return [row for row in rows if last_epoch is None or row["epoch"] <= last_epoch]
 
 
@@ -233,17 +248,49 @@ def log_epoch(writer, row, scalars):
     writer.flush()
 
 
-def load_state(workdir, epoch=None, member=None, point=None):
-    """(config, train state, epoch) of a run's newest checkpoint, or of `epoch`'s; of a
-    multi-seed run, its stacked state, or model `member`'s (0-based) alone. Of a sweep, the
-    models of the point that `point` ({setting: value}) names, by default of its best point
-    (`sweep.select`), and `member` among them."""
+def chosen_point(workdir, point=None):
+    """(the run's config, the point of its sweep that `point` ({setting: value or text}, from
+    --point) names, by default its best point (`sweep.select`); None without a sweep)."""
     try:
         config = Config.load(workdir)
     except ExtensionError:
         raise  # a piece of the run cannot be imported again: a usage error, named as such
     except ConfigError as e:
         raise RunError(f"{e}: pass the --workdir of a `python -m cifar_jax.train` run") from None
+    rows = sweep.named(config, read_metrics(workdir))
+    try:
+        chosen = sweep.select(config, point, sweep.final(rows) if rows and "points" in rows[-1]
+                              else None)
+    except ConfigError as e:
+        raise RunError(str(e)) from None
+    return config, config.points()[chosen] if config.sweep else None
+
+
+def _program_of(workdir, point):
+    """(folder, config) of the program of a sweep of several that trains `point`."""
+    root = os.path.join(workdir, sweep.PROGRAMS_DIR)
+    for name in sorted(os.listdir(root), key=lambda name: (len(name), name)):
+        folder = os.path.join(root, name)
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            program = Config.load(folder)
+            if all(sweep.same(program.value(setting), value) for setting, value in point.items()
+                   if setting not in dict(program.sweep)):
+                return folder, program
+    raise RunError(f"the point {sweep.label(point)} of the sweep in {workdir} has not started "
+                   f"training: continue the sweep with python -m cifar_jax.train --workdir "
+                   f"{workdir} --resume")
+
+
+def load_state(workdir, epoch=None, member=None, point=None):
+    """(config, train state, epoch) of a run's newest checkpoint, or of `epoch`'s; of a
+    multi-seed run, its stacked state, or model `member`'s (0-based) alone. Of a sweep, the
+    models of the point that `point` ({setting: value}) names, by default of its best point
+    (`sweep.select`), and `member` among them; of a sweep of several programs, those of the
+    program that trained the point (its config)."""
+    config, chosen = chosen_point(workdir, point)
+    if os.path.isdir(os.path.join(workdir, sweep.PROGRAMS_DIR)):
+        folder, program = _program_of(workdir, chosen)
+        return load_state(folder, epoch, member, {name: chosen[name] for name, _ in program.sweep})
     contracts.check(config)
     n_seeds = config.num_seeds
     if member is not None and not 0 <= member < n_seeds:
@@ -252,10 +299,7 @@ def load_state(workdir, epoch=None, member=None, point=None):
                        f"{config.seed + n_seeds - 1})"
                        + (" at each point" if config.sweep else "")
                        + f"; choose 0 to {n_seeds - 1}")
-    try:
-        chosen = sweep.select(config, point, (read_metrics(workdir) or [None])[-1])
-    except ConfigError as e:
-        raise RunError(str(e)) from None
+    chosen = config.points().index(chosen) if config.sweep else 0
     key = jax.random.key(0)
     like = state.from_config(config, jax.random.split(key, config.members)
                              if config.members > 1 else key)

@@ -15,8 +15,8 @@ import optax
 from flax import struct
 
 from cifar_jax import models, optim
-from cifar_jax.config import CONTRACTS, ExtensionError, lookup, parameters
 from cifar_jax.data import IMAGE_SHAPE
+from cifar_jax.registry import CONTRACTS, ExtensionError, lookup, parameters
 from cifar_jax.steps import StepRecipe
 
 DEFAULT_RECIPE = StepRecipe()
@@ -61,10 +61,11 @@ class TrainState(struct.PyTreeNode):
 
 class SweptState(TrainState):
     """A sweep's stacked state (`--sweep`): `hyperparams` holds each member's values of the swept
-    settings, {name: [members]} float32, which the step hands to the loss and the augmentations
-    that name them. The optimiser's swept settings are also leaves of its own state
-    (`optax.inject_hyperparams`), where its update reads them. (A subclass, not a field of
-    TrainState: the checkpoints of runs without a sweep keep their layout.)"""
+    settings, {key: [members]} float32 (`hyperparam_keys`), which the step hands to the loss and
+    the augmentations they belong to (`StepRecipe.swept`). The optimiser's swept settings are
+    also leaves of its own state (`optax.inject_hyperparams`), where its update reads them. (A
+    subclass, not a field of TrainState: the checkpoints of runs without a sweep keep their
+    layout.)"""
 
     hyperparams: Any = None
 
@@ -114,25 +115,24 @@ def run_length(config, n_train):
     return per_epoch, math.ceil(per_epoch * config.epochs)
 
 
-def settings(config):
-    """The settings a piece may name (`config.call`): every field of `config` that is set."""
-    return {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
-
-
 def optimizer(config, n_train, point=None):
     """(optax transformation, the schedule's learning-rate multiplier at step s) of `config`'s
-    recipe: its optimiser, given the settings its signature names and the run's length, with
-    the run's schedule. For a sweep, `point` gives the swept settings' values (by default its
-    first point's), and those the optimiser names become leaves of its state
-    (`optax.inject_hyperparams`), which each member's state sets to its own (`from_config`)."""
+    recipe: its optimiser with the learning rate, its own settings, and what the run gives
+    it where its signature names it (the batch size, the run's length, ...), under the run's
+    schedule. For a sweep, `point` gives the swept settings' values (by default its first
+    point's), and the optimiser's become leaves of its state (`optax.inject_hyperparams`),
+    which each member's state sets to its own (`from_config`)."""
     per_epoch, total = run_length(config, n_train)
     fn = lookup("optimizer", config.optimizer).obj
     swept = optimizer_arguments(config)
     point = config.points()[0] if point is None else point
-    named = {**settings(config), **point, "total_steps": total, "steps_per_epoch": per_epoch}
-    learning_rate = named.pop("learning_rate")  # the first argument, whatever its name
+    given = {"batch_size": config.batch_size, "total_steps": total, "steps_per_epoch": per_epoch,
+             "dtype": config.dtype, "schedule": config.schedule,
+             **config.settings_for("optimizer"),
+             **{swept[setting]: value for setting, value in point.items() if setting in swept}}
+    learning_rate = point.get("learning_rate", config.learning_rate)  # the first argument
     names = parameters(fn)
-    arguments = tuple((name, named[name]) for name in names if name in named)
+    arguments = tuple((name, given[name]) for name in list(names)[1:] if name in given)
     # swept: the optimiser's arguments that stay Python numbers (the others become leaves)
     static = tuple(sorted(set(names) - set(swept.values()))) if swept else None
     multiplier = optim.SCHEDULES[config.schedule](total)
@@ -160,19 +160,33 @@ def _transformation(name, fn, learning_rate, arguments, static, schedule, total)
 
 def optimizer_arguments(config):
     """{swept setting: the optimiser's argument for it} of the settings a sweep varies that the
-    optimiser takes (the learning rate always: its first argument)."""
-    names = list(parameters(lookup("optimizer", config.optimizer).obj))
-    return {setting: names[0] if setting == "learning_rate" else setting
-            for setting, _ in config.sweep if setting == "learning_rate" or setting in names}
+    optimiser takes: the learning rate (its first argument) and its own ("optimizer.b2")."""
+    first = next(iter(parameters(lookup("optimizer", config.optimizer).obj)))
+    return {setting: first if setting == "learning_rate" else setting[len("optimizer."):]
+            for setting, _ in config.sweep
+            if setting == "learning_rate" or setting.startswith("optimizer.")}
+
+
+def hyperparam_keys(config):
+    """{swept setting: its key in a SweptState's `hyperparams`}: its own name ("b2"), or, where
+    two swept settings share it, its whole name with ':' for '.' (Orbax joins a checkpoint's
+    keys with '.', so a key may not hold one)."""
+    names = [setting for setting, _ in config.sweep]
+    own = [setting.rpartition(".")[2] for setting in names]
+    return {setting: short if own.count(short) == 1 else setting.replace(".", ":")
+            for setting, short in zip(names, own)}
 
 
 def step_recipe(config, n_train):
-    """The `StepRecipe` of `config`: its loss and augmentations, the settings they name."""
-    named = set(parameters(lookup("loss", config.loss).obj)).union(
-        *(parameters(lookup("augmentation", name).obj) for name in config.augmentations))
+    """The `StepRecipe` of `config`: its loss and augmentations with their settings."""
+    keys = hyperparam_keys(config)
     return StepRecipe(
-        loss=config.loss, reduction=config.reduction, augment=config.augmentations,
-        settings=tuple(sorted((k, v) for k, v in settings(config).items() if k in named)),
+        loss=config.loss, loss_settings=tuple(config.settings_for("loss").items()),
+        reduction=config.reduction,
+        augment=tuple((name, tuple(config.settings_for("augment", name).items()))
+                      for name in config.augmentations),
+        swept=tuple((keys[setting], setting) for setting, _ in config.sweep
+                    if setting.startswith(("loss.", "augment."))),
         lookahead_steps=run_length(config, n_train)[1] if config.lookahead else 0)
 
 
@@ -188,8 +202,13 @@ def from_config(config, rng, n_train=50_000, images=None):
         return _swept(config, rng, n_train, images)
     if rng.ndim:
         return jax.vmap(lambda key: from_config(config, key, n_train, images))(rng)
-    return create(models.build(config.model, config.dtype), optimizer(config, n_train)[0], rng,
+    return create(build_model(config), optimizer(config, n_train)[0], rng,
                   step_recipe(config, n_train), images)
+
+
+def build_model(config):
+    """The run's model: its module with its settings."""
+    return models.build(config.model, config.dtype, config.settings_for("model"))
 
 
 def member_values(config):
@@ -209,14 +228,16 @@ def set_hyperparams(opt_state, config, values):
 def _swept(config, rng, n_train, images):
     """`from_config` of a sweep: one state per member (a point's seed), stacked. Each is the
     state its point's own run starts from, its optimiser's swept settings set in its state."""
-    model = models.build(config.model, config.dtype)
+    module = build_model(config)
     tx = optimizer(config, n_train)[0]  # one program for every point, their values its leaves
     recipe = step_recipe(config, n_train)
+    keys = hyperparam_keys(config)
 
     def member(key, values):
-        state = create(model, tx, key, recipe, images)
+        state = create(module, tx, key, recipe, images)
         opt_state = set_hyperparams(state.opt_state, config, values)
         fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-        return SweptState(**{**fields, "opt_state": opt_state}, hyperparams=values)
+        return SweptState(**{**fields, "opt_state": opt_state},
+                          hyperparams={keys[k]: v for k, v in values.items()})
 
     return jax.vmap(member)(rng, member_values(config))

@@ -9,26 +9,42 @@ import numpy as np
 import optax
 
 from cifar_jax import augment, optim
-from cifar_jax.config import call, lookup
 from cifar_jax.data import to_float
+from cifar_jax.registry import lookup
 
 
 class StepRecipe(NamedTuple):
     """How a train step trains, fixed for a run (a static part of the train state).
 
-    loss: the per-example loss's name (registered, or an import path); reduction: "mean" or
-    "sum" of it over the batch's real examples; augment: the augmentations' names, applied on
-    the device to each batch in that order; settings: (name, value) pairs of the settings the
-    loss and the augmentations name (label_smoothing, translate_pad, ...); lookahead_steps: the
-    run's length for lookahead's schedule (0: no lookahead). Names and plain values only, so
-    that equal recipes share one compiled step.
+    loss: the per-example loss's name (registered, or an import path), with `loss_settings`,
+    its own settings as (name, value) pairs; reduction: "mean" or "sum" of it over the batch's
+    real examples; augment: the augmentations, each (name, its settings as (name, value)
+    pairs), applied on the device to each batch in that order; swept: for a sweep, (key,
+    setting) of the loss's and the augmentations' swept settings ("loss.gamma",
+    "augment.NAME.SETTING"), whose values each model holds in its state's `hyperparams[key]`;
+    lookahead_steps: the run's length for lookahead's schedule (0: no lookahead). Names and
+    plain values only, so that equal recipes share one compiled step.
     """
 
     loss: str = "cross_entropy"
+    loss_settings: tuple[tuple[str, Any], ...] = ()
     reduction: str = "mean"
-    augment: tuple[str, ...] = ()
-    settings: tuple[tuple[str, Any], ...] = ()
+    augment: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    swept: tuple[tuple[str, str], ...] = ()
     lookahead_steps: int = 0
+
+    def pieces(self, values=None):
+        """({setting: value} of the loss, [(name, {setting: value})] of the augmentations): the
+        settings the recipe fixes, with a sweep's `values` ({key: traced value}, a model's
+        `hyperparams`) in place of the swept ones."""
+        swept = {setting: (values or {})[key] for key, setting in self.swept}
+
+        def own(head, fixed):
+            return {**dict(fixed), **{name[len(head):]: value for name, value in swept.items()
+                                      if name.startswith(head)}}
+
+        return (own("loss.", self.loss_settings),
+                [(name, own(f"augment.{name}.", fixed)) for name, fixed in self.augment])
 
 
 def _metrics(logits, losses, batch):
@@ -60,20 +76,20 @@ def train_step(state, batch, key):
     """
     # A sweep's member holds its own values of the swept settings (`state.SweptState`).
     recipe = state.recipe
-    settings = {**dict(recipe.settings), **(getattr(state, "hyperparams", None) or {})}
+    loss_settings, augmentations = recipe.pieces(getattr(state, "hyperparams", None))
     run_key, step_keys = jax.random.split(key)
     augment_key, dropout_key = jax.random.split(jax.random.fold_in(step_keys, state.step))
     images = batch["image"]
-    if recipe.augment:  # on the uint8 pixels: the same result, a quarter of the memory traffic
-        images = augment.apply(images, recipe.augment, augment_key, run_key,
-                               indices=batch["index"], epoch=batch["epoch"], settings=settings)
+    if augmentations:  # on the uint8 pixels: the same result, a quarter of the memory traffic
+        images = augment.apply(images, augmentations, augment_key, run_key,
+                               indices=batch["index"], epoch=batch["epoch"])
     per_example_loss = lookup("loss", recipe.loss).obj
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, to_float(images), train=True,
             rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-        losses = call(per_example_loss, logits, batch["label"], **settings)
+        losses = per_example_loss(logits, batch["label"], **loss_settings)
         loss = (losses * batch["mask"]).sum()
         if recipe.reduction == "mean":
             loss = loss / batch["mask"].sum()

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,15 @@ from cifar_jax import (
 )
 from cifar_jax import seeds as multi_seed
 from cifar_jax import state as train_state
-from cifar_jax.cli import OneLineParser, add_config_flags, config_overrides
+from cifar_jax.cli import (
+    SETTINGS_HELP,
+    OneLineParser,
+    add_config_flags,
+    add_piece_help,
+    config_overrides,
+    help_config,
+    split_settings,
+)
 from cifar_jax.config import Config, ConfigError, check_sweep_flags
 
 PROGRESS_UPDATES = 20  # compiled calls per epoch: the progress bar moves this many times
@@ -82,20 +91,21 @@ def resume_command(workdir):
 
 
 def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, first=0, stop=None,
-                members=None, diverged=None):
+                members=None, diverged=None, all_may=False):
     """The batches `idx[..., first:, :]` of one epoch, in compiled calls of a
     PROGRESS_UPDATES-th of it, each moving the bar. For a stacked state (N models), `idx`,
-    `mask` and `key` have a leading model axis, and `members` names the models.
+    `mask` and `key` have a leading model axis; `members` names the models.
 
     Returns (state, each call's per-step metrics as numpy, batches done): fewer than the epoch's
     when `stop` was set, which is looked at before each call. A loss that is not finite, or is
     above DIVERGED_LOSS, raises TrainingError naming the step it first showed up in; in a
     sweep (`diverged`, a set), where a point's value may well be too large, the models it
-    happens to are added to `diverged` and the others train on, unless all have diverged.
+    happens to are added to `diverged` and the others train on, unless all have diverged (and
+    not `all_may`: a program of a sweep of several, whose other programs train on).
     """
     n_steps = idx.shape[-2]
     per_call = -(-n_steps // PROGRESS_UPDATES)  # a resumed epoch starts on a call boundary
-    train_batches = steps.train_batches_stacked() if members else steps.train_batches
+    train_batches = steps.train_batches_stacked() if idx.ndim == 3 else steps.train_batches
     chunks = []
     with tqdm(total=n_steps, initial=first, desc=desc, unit="step", disable=not progress,
               leave=False) as bar:
@@ -108,14 +118,14 @@ def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, fi
             metrics = jax.device_get(metrics)
             losses = metrics["loss_sum"] / metrics["count"]  # per example, for a "sum" loss too
             bad = ~(losses <= DIVERGED_LOSS)  # NaN too
-            if bad.any() and diverged is not None and not bad.any(-1).all():
+            if bad.any() and diverged is not None and (all_may or not bad.any(-1).all()):
                 diverged.update(np.flatnonzero(bad.any(-1)))
             elif bad.any():
                 i, *model = np.argwhere(np.moveaxis(bad, -1, 0))[0]  # first step, model
                 value = losses[(*model, i)]
                 how = (f"reached {value:.4g} (over 100 x ln 10)" if np.isfinite(value)
                        else f"became {value}")
-                which = f" ({members[model[0]]})" if members else ""
+                which = f" ({members[model[0] if model else 0]})" if members else ""
                 raise TrainingError(f"loss {how}{which} at {desc}, step {start + i + 1}/{n_steps}")
             chunks.append(metrics)
             bar.update(losses.shape[-1])
@@ -191,11 +201,7 @@ def final_predictions(state, test, config, final):
     if config.sweep:
         part = sweep.parts(config)[sweep.best(final)][1]
         state = jax.tree.map(lambda x: x[part], state)
-    if train_state.is_stacked(state) and state.step.shape[0] > 1:
-        return evaluate.ensemble(state, test, config.tta)[1]
-    if train_state.is_stacked(state):
-        return evaluate.evaluate(state, test, config.tta)[1][0]
-    return evaluate.evaluate(state, test, config.tta)[1]
+    return evaluate.predicted(state, test, config.tta)
 
 
 def describe(row):
@@ -227,6 +233,43 @@ def resume_point(ckpt, interrupted, state, steps_per_epoch):
     return restored, epoch, 0, []
 
 
+class Program(NamedTuple):
+    """A program of a sweep of several (`sweep.programs`), as `_train` needs to know it: the
+    whole sweep's config and folder, the program's static point, its number and how many."""
+
+    sweep: Config
+    workdir: str
+    static: dict
+    index: int
+    count: int
+
+
+def plan(config, n_train=50_000):
+    """[(static point, program config)] that `config` trains (`sweep.programs`): one program
+    unless the sweep varies a setting the pieces cannot take as a traced value (a shape, a
+    model, the batch size: `sweep.may_be_data`, `contracts.untraceable`)."""
+    if not config.sweep:
+        return [({}, config)]
+    maybe = [name for name, _ in config.sweep if sweep.may_be_data(config, name)]
+    untraceable = set()
+    if maybe:
+        for static, program in sweep.programs(config, maybe):
+            with _named(static):
+                untraceable.update(contracts.untraceable(program, n_train))
+    return sweep.programs(config, [name for name in maybe if name not in untraceable])
+
+
+@contextlib.contextmanager
+def _named(static):
+    """A program's contract errors name its point."""
+    try:
+        yield
+    except ConfigError as e:
+        if not static:
+            raise
+        raise type(e)(f"point {sweep.label(static)}: {e}") from None
+
+
 def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resume: bool = False,
                        stop=None):
     """Train `config.model` on CIFAR-10, evaluate after every epoch, write the run to `workdir`.
@@ -237,19 +280,24 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
     and TensorBoard scalars appear. With `resume`, goes on from the newest readable checkpoint
     in `workdir`, whose config must equal `config` but for what `run.check_resumable` allows;
     the result is the same as that of an uninterrupted run. `stop` (`signals.Stop`): once set,
-    the run checkpoints its current step and raises Stopped. Returns the per-epoch rows.
+    the run checkpoints its current step and raises Stopped. A sweep of several programs
+    trains them in turn, each in `sweep.program_dir(workdir, k)`; a resumed one does not train
+    a finished program again. Returns the per-epoch rows.
     """
-    mesh = parallel.data_mesh(config.members)  # batches over "data", N models over "models"
-    try:
-        parallel.check_divisible(config.batch_size, mesh)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     is_main_process = parallel.is_main_process()
     if resume:  # refusals come before anything is touched, and before the training is announced
         run.check_resumable(config, workdir)
     else:
         run.check_new(workdir)
-    notes = contracts.check(config)  # a piece that breaks its contract: one line, nothing written
+    programs = plan(config)
+    notes = []
+    for static, program in programs:  # a piece that breaks its contract: one line, nothing written
+        try:
+            parallel.check_divisible(program.batch_size, parallel.data_mesh(program.members))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        with _named(static):
+            notes += [note for note in contracts.check(program) if note not in notes]
     created = not os.path.isdir(workdir)
     with run.lock(workdir) if is_main_process else contextlib.nullcontext():
         if not resume:
@@ -257,40 +305,142 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
         elif is_main_process and config != run.resumed_config(workdir):
             run.write_config(config, workdir)  # more epochs, or a new learning rate
         if is_main_process:
-            swept = "".join(f", {name} in {{{', '.join(f'{v:g}' for v in values)}}}"
-                            for name, values in config.sweep)
-            lr = "" if "learning_rate" in dict(config.sweep) else f", lr {config.learning_rate}"
-            print(f"training {config.model} ({config.optimizer}{lr}{swept}, {config.epochs:g} "
-                  f"epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size}, "
-                  f"{config.dtype}) -> {workdir}", flush=True)
+            print(f"training {describe_run(config)} -> {workdir}", flush=True)
             if config.sweep:
-                print(f"sweep: {len(config.points())} points x {config.num_seeds} seed"
-                      f"{'s' if config.num_seeds > 1 else ''} = {config.members} models in one "
-                      "compiled program", flush=True)
+                print(sweep.describe_plan(config, programs), flush=True)
             for note in notes:
                 print(note, file=sys.stderr, flush=True)
         try:
             splits = data.load_cifar10(config.data_dir, config.download, config.archive)
             n_train = len(splits["train"][1])
-            if not train_state.run_length(config, n_train)[0]:
-                raise ConfigError(f"--batch-size {config.batch_size} is more than the {n_train} "
-                                  "training images, and the recipe drops partial batches: use a "
-                                  "smaller --batch-size")
+            for _, program in programs:
+                if not train_state.run_length(program, n_train)[0]:
+                    raise ConfigError(f"--batch-size {program.batch_size} is more than the "
+                                      f"{n_train} training images, and the recipe drops partial "
+                                      "batches: use a smaller --batch-size")
         except (data.DataError, ConfigError):
             if is_main_process and not resume:  # leave no half-made run behind
                 run.discard(workdir, created)
             raise
-        return _train(config, workdir, splits, mesh, progress, resume, stop)
+        if len(programs) == 1:
+            history, predicted, state, test = _train(config, workdir, splits, progress, resume,
+                                                     stop)
+            if is_main_process:
+                with _reports(workdir):
+                    if predicted is None:  # resumed a run whose epochs were all done
+                        predicted = final_predictions(state, test, config, history[-1])
+                    write_reports(config, workdir, splits["test"][1], predicted, history)
+            return history
+        return _train_programs(config, workdir, programs, splits, progress, stop)
 
 
-def _train(config, workdir, splits, mesh, progress, resume, stop):
-    """The epochs of `train_and_evaluate`, the run folder ready and held."""
+def describe_run(config):
+    """'cnn (adam, lr 0.001, model.dense=32, 10 epochs, batch 32, float32)': the pieces'
+    settings the run gives, and the swept settings' values where they are swept."""
+    swept = dict(config.sweep)
+    lr = ("" if "learning_rate" in swept or config.learning_rate is None
+          else f", lr {config.learning_rate}")
+    values = "".join([*(f", {name}={sweep.text(value)}" for name, value in config.settings.items()),
+                      *(f", {name} in {{{', '.join(map(sweep.text, values))}}}"
+                        for name, values in config.sweep)])
+    epochs = ("" if "epochs" in swept else
+              f", {config.epochs:g} epoch{'s' if config.epochs != 1 else ''}")
+    batch = "" if "batch_size" in swept else f", batch {config.batch_size}"
+    return f"{config.model} ({config.optimizer}{lr}{values}{epochs}{batch}, {config.dtype})"
+
+
+def _train_programs(config, workdir, programs, splits, progress, stop):
+    """The programs of a sweep of several, in turn, each a run folder of its own in
+    `sweep.program_dir`; one finished already (a resumed sweep) is not trained again. The
+    sweep's metrics.jsonl merges theirs; its reports are over all points."""
     is_main_process = parallel.is_main_process()
+    histories, predicted = [], {}
+    for k, (static, program) in enumerate(programs):
+        folder = sweep.program_dir(workdir, k)
+        saved = os.path.isfile(os.path.join(folder, "config.json"))
+        history = sweep.named(program, run.read_metrics(folder)) if saved else []
+        where = f"program {k + 1}/{len(programs)}, {sweep.label(static)}"
+        if saved and len(history) == math.ceil(program.epochs):
+            if is_main_process:
+                print(f"{where}: trained already", flush=True)
+        else:
+            if saved:
+                try:
+                    run.check_resumable(program, folder)
+                except ConfigError as e:
+                    raise run.RunError(f"{where} in {folder} differs from what the sweep trains "
+                                       f"now ({e}); start the sweep in a new --workdir") from None
+                if is_main_process and program != run.resumed_config(folder):
+                    run.write_config(program, folder)  # more epochs, or a new learning rate
+            else:
+                run.create(program, folder, is_main_process)
+            if is_main_process:
+                print(f"{where} -> {folder}", flush=True)
+            history, predicted[k], *_ = _train(
+                program, folder, splits, progress, saved, stop,
+                Program(config, workdir, static, k, len(programs)))
+        histories.append((static, history))
+        if is_main_process:
+            run.write_metrics(workdir, sweep.merged(config, histories))
+    history = sweep.merged(config, histories)
+    if is_main_process:
+        final = sweep.final(history)
+        best = config.points()[sweep.best(final)]
+        k = next(k for k, (static, _) in enumerate(programs)
+                 if all(best[name] == value for name, value in static.items()))
+        with _reports(workdir):
+            if predicted.get(k) is None:  # its program was trained before this resume
+                program = programs[k][1]
+                local = {name: best[name] for name, _ in program.sweep}
+                _, state, _ = run.load_state(sweep.program_dir(workdir, k), point=local)
+                mesh = parallel.data_mesh()
+                test = evaluate.place_test_set(*splits["test"], program.eval_batch_size, mesh)
+                predicted[k] = evaluate.predicted(
+                    jax.device_put(state, parallel.replicated(mesh)), test, program.tta)
+            write_reports(config, workdir, splits["test"][1], predicted[k], history)
+    return history
+
+
+def write_reports(config, workdir, labels, predicted, history):
+    """The final reports: the confusion matrix and per-class report of `predicted` (the
+    model's, the ensemble's, a sweep's best point's), the history plot; a sweep's table and
+    plot."""
+    evaluate.write_reports(workdir, labels, predicted)
+    report.plot_history(history, os.path.join(workdir, "history.png"))
+    if config.sweep:
+        final = sweep.final(history)
+        sweep.write_csv(workdir, config, final)
+        report.plot_sweep(config, final, os.path.join(workdir, sweep.PLOT_FILE))
+
+
+@contextlib.contextmanager
+def _reports(workdir):
+    try:
+        yield
+    except OSError as e:
+        raise run.RunError(f"cannot write the reports into {workdir}: {e.strerror.lower()}; "
+                           f"every epoch is saved: {resume_command(workdir)} writes them "
+                           "again") from None
+
+
+def _train(config, workdir, splits, progress, resume, stop, program=None):
+    """The epochs of `train_and_evaluate` (of one `program` of a sweep of several: its own run
+    folder, its points named in full), the run folder ready and held. Returns (the rows, the
+    final epoch's predicted test classes or None where no epoch was left to train, the state,
+    the test set)."""
+    is_main_process = parallel.is_main_process()
+    top = program.workdir if program else workdir  # what the messages and TensorBoard name
+    mesh = parallel.data_mesh(config.members)  # batches over "data", N models over "models"
+
+    def full(point):
+        return sweep.full(program.sweep, program.static, point) if program else point
+
     # N models (seeds, a sweep's points): one stacked state, each model's keys stacked alike
-    seeds = config.member_seeds() if config.members > 1 else None
-    members = ([f"{sweep.label(point)}, seed {config.seed + i}" for point in config.points()
-                for i in range(config.num_seeds)] if config.sweep
-               else [f"seed {seed}" for seed in seeds] if seeds else None)
+    seeds = config.member_seeds() if config.members > 1 or config.sweep else None
+    members = ([f"{sweep.label(full(point))}, seed {config.seed + i}"
+                for point in config.points() for i in range(config.num_seeds)]
+               if config.sweep or program else [f"seed {seed}" for seed in seeds] if seeds
+               else None)
     replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh, stacked=bool(seeds))
     n_train = len(splits["train"][1])
     steps_per_epoch, total_steps = train_state.run_length(config, n_train)
@@ -310,7 +460,7 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
     history, predicted = [], None
     if resume:
         state, done, first, partial = resume_point(ckpt, interrupted, state, steps_per_epoch)
-        history = run.read_metrics(workdir, last_epoch=done)
+        history = sweep.named(config, run.read_metrics(workdir, last_epoch=done))
         if len(history) != done:
             raise run.RunError(f"{workdir}/metrics.jsonl lacks epochs that are checkpointed: it "
                                "was changed by hand; start a new run")
@@ -320,10 +470,11 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
                   if first else f"resuming after epoch {done}" if done else
                   "no checkpoint yet: starting from the beginning", flush=True)
     saved_step = train_state.steps_done(state)
-    tensorboard = ({sweep.label(point): run.tensorboard(workdir, done + 1, sweep.label(point))
+    tensorboard = ({sweep.label(point): run.tensorboard(top, done + 1, sweep.label(full(point)))
                     for point in config.points()} if is_main_process else {})
-    diverged = set() if config.sweep else None  # sweep members whose loss diverged
+    diverged = set() if config.sweep or program else None  # a sweep's models whose loss diverged
     compiled = compilation.Tally()  # what each epoch compiled, for its line
+    where = f"program {program.index + 1}/{program.count}, " if program else ""
     try:
         for epoch in range(done + 1, n_epochs + 1):
             compiled.reset()
@@ -334,11 +485,11 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
             idx, mask = jax.device_get((idx[..., :steps_now, :], mask[..., :steps_now, :]))
             n_images = int(mask[..., first:, :].sum())  # all models'; on the host: no collective
             idx, mask = jax.device_put((idx, mask), split)
-            desc = f"epoch {epoch}/{n_epochs}"
+            desc = f"{where}epoch {epoch}/{n_epochs}"
             try:
                 state, chunks, batches = train_epoch(state, train_images, train_labels, idx, mask,
                                                      step_key, epoch, desc, progress, first, stop,
-                                                     members, diverged)
+                                                     members, diverged, all_may=bool(program))
             except TrainingError as e:
                 if config.sweep:  # every model diverged
                     raise TrainingError(f"{e}, and every other point and seed diverged too: "
@@ -351,17 +502,17 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
             partial += chunks
             if batches < steps_now:  # a signal: save this exact step, mid-epoch
                 if train_state.steps_done(state) > saved_step:
-                    with _writing(workdir):
+                    with _writing(top):
                         checkpoint.save(interrupted, train_state.steps_done(state), state, partial)
                 raise Stopped(f"stopped by {stop.name} at {desc}, step {batches}/{steps_now}: "
                               f"every step is checkpointed; continue with: "
-                              f"{resume_command(workdir)}", stop.signum)
+                              f"{resume_command(top)}", stop.signum)
             seconds, compiling = time.perf_counter() - start, str(compiled)
             row, predicted = epoch_row(state, test, partial, epoch, seconds,
                                        config.tta if epoch == n_epochs else None, config)
             first, partial = 0, []
             history.append(row)
-            with _writing(workdir):
+            with _writing(top):
                 if is_main_process:
                     run.write_metrics(workdir, history, commit=False)
                 checkpoint.save(ckpt, epoch, state)  # every process takes part; Orbax writes once
@@ -401,21 +552,7 @@ def _train(config, workdir, splits, mesh, progress, resume, stop):
         for writer in tensorboard.values():
             writer.close()
         compiled.close()
-
-    if predicted is None:  # resumed a run whose epochs were all done
-        predicted = final_predictions(state, test, config, history[-1])
-    if is_main_process:
-        try:
-            evaluate.write_reports(workdir, splits["test"][1], predicted)
-            report.plot_history(history, os.path.join(workdir, "history.png"))
-            if config.sweep:
-                sweep.write_csv(workdir, config, history[-1])
-                report.plot_sweep(config, history[-1], os.path.join(workdir, sweep.PLOT_FILE))
-        except OSError as e:
-            raise run.RunError(f"cannot write the reports into {workdir}: {e.strerror.lower()}; "
-                               f"every epoch is saved: {resume_command(workdir)} writes them "
-                               "again") from None
-    return history
+    return history, predicted, state, test
 
 
 @contextlib.contextmanager
@@ -429,12 +566,15 @@ def _writing(workdir):
 
 
 def parse_args(argv=None):
+    """(the parsed flags, {KIND.NAME: text} of the pieces' settings given)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = OneLineParser(
         prog="python -m cifar_jax.train",
         description="Train a CIFAR-10 classifier with JAX (the Keras tutorial's MLP or CNN, the "
-                    "airbench94 recipe, or your own model, optimiser, augmentation and loss, "
+                    "airbench94 recipes, or your own model, optimiser, augmentation and loss, "
                     "named as module:attribute), evaluate it on the test set after every epoch, "
-                    "and write metrics, TensorBoard events, plots and checkpoints to --workdir.")
+                    "and write metrics, TensorBoard events, plots and checkpoints to --workdir. "
+                    + SETTINGS_HELP)
     add_config_flags(p)
     p.add_argument("--workdir", help="where the run's files go; must be new or empty unless "
                                      "--resume (default: runs/MODEL-DATE-TIME)")
@@ -445,23 +585,31 @@ def parse_args(argv=None):
                         "flag that contradicts them is an error")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar, only one line per epoch")
+    if {"-h", "--help"} & set(argv):  # list the settings of the pieces the command line names
+        config = help_config(argv)
+        if config is not None:
+            add_piece_help(p, config)
+    argv, settings = split_settings(p, argv)
     args = p.parse_args(argv)
     if args.resume and not args.workdir:
         p.error("--resume needs --workdir: the folder of the run to continue")
-    return args
+    return args, settings
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    overrides = config_overrides(args)
+    args, settings = parse_args(argv)
     workdir = args.workdir
     parallel.initialize()
     cache = compilation.enable()
     checkpoint.quiet()
     try:
+        overrides = config_overrides(args, settings)
         if args.resume:
-            config = dataclasses.replace(run.resumed_config(workdir), **overrides)
-            check_sweep_flags(config.sweep, overrides)  # a new --learning-rate for a swept one
+            saved = run.resumed_config(workdir)
+            given = overrides.pop("settings", {})
+            config = dataclasses.replace(saved, **overrides, settings={**saved.settings, **given})
+            # a new --learning-rate for a swept one, say
+            check_sweep_flags(config.sweep, {**overrides, **given})
         else:
             config = Config.for_model(**overrides)
         workdir = workdir or default_workdir(config)
@@ -484,8 +632,8 @@ def main(argv=None):
         return 130
     final = history[-1]
     if "points" in final:
-        print(f"done: {sweep.verdict(final)}; the table in {workdir}/{sweep.CSV_FILE}, the plot in "
-              f"{sweep.PLOT_FILE}")
+        print(f"done: {sweep.verdict(sweep.final(history))}; the table in "
+              f"{workdir}/{sweep.CSV_FILE}, the plot in {sweep.PLOT_FILE}")
     elif "per_seed" in final:  # N models: the spread, and the ensemble's accuracy
         key = "test_accuracy_tta" if "test_accuracy_tta" in final else "test_accuracy"
         low, high = final["test_accuracy_ci95"]

@@ -2,6 +2,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -14,13 +15,15 @@ import tensorflow_datasets as tfds
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cifar_jax import config as registries
 from cifar_jax import register_model
+from cifar_jax import registry as registries
 from cifar_jax import state as train_state
-from cifar_jax.config import REGISTRY, Config
+from cifar_jax.config import Config
 from cifar_jax.models.airbench import AirbenchNet
+from cifar_jax.registry import REGISTRY
 from cifar_jax.train import train_and_evaluate
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOCK_EXAMPLES = 70  # per split: two full batches of 32 and a partial one of 6
 # XLA:CPU spends much of a small program's compile time in LLVM's optimiser, which runs of a few
 # steps do not pay back: the tests compile at LLVM's -O1, not -O2 (at -O0 the steps run too
@@ -97,6 +100,55 @@ def register_narrow_airbench():
 def narrow():
     """airbench94_narrow, registered for one test."""
     register_narrow_airbench()
+
+
+# A researcher's own module, outside the package: one piece of each kind.
+PIECES = '''
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class Tiny(nn.Module):
+    width: int = 8
+    dtype: object = None
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Conv(self.width, (3, 3), dtype=self.dtype)(x)
+        x = nn.Dropout(0.1, deterministic=not train)(nn.relu(x))
+        return nn.Dense(10, dtype=self.dtype)(x.mean((1, 2)))
+
+
+def lion(learning_rate=3e-4, b1=0.9, b2=0.99, weight_decay=0.0):
+    return optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+
+
+def gray(images, key, strength=1.0):
+    mean = jnp.broadcast_to(images.mean(-1, keepdims=True), images.shape)
+    return (images * (1 - strength) + mean * strength).astype(images.dtype)
+
+
+def focal(logits, labels, gamma=2.0):
+    p = jnp.take_along_axis(jax.nn.softmax(logits), labels[:, None], 1)[:, 0]
+    return -((1 - p) ** gamma) * jnp.log(p)
+'''
+
+FLAGS = ["--model", "mypieces:Tiny", "--optimizer", "mypieces:lion", "--augment",
+         "flip,mypieces:gray", "--loss", "mypieces:focal"]
+
+
+@pytest.fixture
+def mypieces(tmp_path, monkeypatch):
+    """`mypieces.py` in a folder of its own on sys.path (and PYTHONPATH, for subprocesses)."""
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    (folder / "mypieces.py").write_text(PIECES)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), REPO]))
+    yield folder
+    sys.modules.pop("mypieces", None)
 
 
 @pytest.fixture
@@ -199,7 +251,7 @@ def swept_and_own_optimiser_steps(config, params, grads):
     for point in config.points():
         state = train_state.set_hyperparams(tx.init(params), config,
                                             {k: jnp.float32(v) for k, v in point.items()})
-        alone = train_state.optimizer(Config.for_model(config.model, **point), 50_000)[0]
+        alone = train_state.optimizer(config.at(point), 50_000)[0]
         alone_state, mine, theirs, updates = alone.init(params), params, params, []
         for g in grads:
             u, state = jax.jit(tx.update)(g, state, mine)

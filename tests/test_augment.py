@@ -206,8 +206,9 @@ def _manual(x, key, run_key, names, indices, epoch):
 
 @functools.partial(jax.jit, static_argnames="names")
 def _apply(x, key, run_key, indices, epoch, names):
-    return aug.apply(x, names, key, run_key, indices=indices, epoch=epoch,
-                     settings={"translate_pad": 2, "cutout_size": 8})
+    settings = {"translate": {"pad": 2}, "cutout": {"size": 8}}
+    return aug.apply(x, tuple((name, settings.get(name, {})) for name in names), key, run_key,
+                     indices=indices, epoch=epoch)
 
 
 def test_the_built_in_augmentations_are_registered_as_a_users_would_be():
@@ -238,6 +239,6 @@ def test_apply_no_names_is_identity():
 
 def test_apply_names_an_unknown_augmentation():
     with pytest.raises(ExtensionError) as err:
-        aug.apply(jnp.zeros((2, 32, 32, 3), jnp.uint8), ("flip", "mixup"), KEY, KEY)
+        aug.apply(jnp.zeros((2, 32, 32, 3), jnp.uint8), (("flip", {}), ("mixup", {})), KEY, KEY)
     assert str(err.value) == ("unknown augmentation 'mixup': choose one of flip, alternating_flip, "
                               "translate, cutout, or name yours as module:attribute")

@@ -15,61 +15,15 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
-from conftest import MOCK_EXAMPLES
+from conftest import FLAGS, MOCK_EXAMPLES, REPO
 from PIL import Image
 from test_resume import interrupting, rows, snapshot
 
 import cifar_jax
-from cifar_jax import evaluate, predict, steps, train
-from cifar_jax.config import REGISTRY, Config, ConfigError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# A researcher's own module, outside the package: one piece of each kind.
-PIECES = '''
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import optax
-
-
-class Tiny(nn.Module):
-    dtype: object = None
-
-    @nn.compact
-    def __call__(self, x, train=False):
-        x = nn.Dropout(0.1, deterministic=not train)(nn.relu(nn.Conv(8, (3, 3), dtype=self.dtype)(x)))
-        return nn.Dense(10, dtype=self.dtype)(x.mean((1, 2)))
-
-
-def lion(learning_rate=3e-4, weight_decay=0.0):
-    return optax.lion(learning_rate, weight_decay=weight_decay)
-
-
-def gray(images, key):
-    return jnp.broadcast_to(images.mean(-1, keepdims=True), images.shape).astype(images.dtype)
-
-
-def focal(logits, labels, gamma=2.0):
-    p = jnp.take_along_axis(jax.nn.softmax(logits), labels[:, None], 1)[:, 0]
-    return -((1 - p) ** gamma) * jnp.log(p)
-'''
-
-FLAGS = ["--model", "mypieces:Tiny", "--optimizer", "mypieces:lion", "--augment",
-         "flip,mypieces:gray", "--loss", "mypieces:focal"]
-
-
-@pytest.fixture
-def mypieces(tmp_path, monkeypatch):
-    """`mypieces.py` in a folder of its own on sys.path (and PYTHONPATH, for subprocesses)."""
-    folder = tmp_path / "lib"
-    folder.mkdir()
-    (folder / "mypieces.py").write_text(PIECES)
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), REPO]))
-    yield folder
-    sys.modules.pop("mypieces", None)
-
+from cifar_jax import evaluate, ops, predict, steps, train
+from cifar_jax import state as train_state
+from cifar_jax.config import Config, ConfigError
+from cifar_jax.registry import REGISTRY
 
 SLOW_CONV = ("note: model {model!r} convolves with XLA's convolution, which XLA:CPU runs about "
              "20x slower inside the compiled training loop (jax-ml/jax#12868): give its nn.Conv "
@@ -239,8 +193,8 @@ SHAPE, UINT8 = "[B, 32, 32, 3]", "uint8 images [B, 32, 32, 3]"
      ("loss 'pieces:mean_loss' returns float32 [] for a batch of 2, not one loss per example [2] "
      "(the step takes their mean or sum); expected {loss}")),
     (["--loss", "pieces:mean_loss", "--label-smoothing", "0.1"],
-     ("label_smoothing=0.1 is taken by none of the run's pieces (optimizer 'adam', loss "
-     "'pieces:mean_loss'): drop it, or choose a piece that takes it")),
+     ("loss.label_smoothing: loss 'pieces:mean_loss' has no setting 'label_smoothing'; it has no "
+      "settings")),
 ])
 def test_a_broken_piece_is_one_line_exit_2_and_nothing_is_written(flags, message, tmp_path,
                                                                    monkeypatch, capsys):
@@ -253,7 +207,7 @@ def test_a_broken_piece_is_one_line_exit_2_and_nothing_is_written(flags, message
     finally:
         for name in BROKEN:
             sys.modules.pop(name[:-3], None)
-    expected = message.format(**cifar_jax.config.CONTRACTS)
+    expected = message.format(**cifar_jax.registry.CONTRACTS)
     assert (code, capsys.readouterr().err) == (2, f"error: {expected}\n")
     assert not workdir.exists()
 
@@ -264,8 +218,7 @@ def test_resume_evaluate_and_predict_name_a_piece_that_is_gone(mypieces, mock_ci
     assert train.main([*FLAGS, "--epochs", "1", "--workdir", workdir, "--no-progress"]) == 0
     (mypieces / "mypieces.py").unlink()
     sys.modules.pop("mypieces")
-    config = cifar_jax.config
-    config._IMPORTED["model"].pop("mypieces:Tiny")
+    cifar_jax.registry._IMPORTED["model"].pop("mypieces:Tiny")
     capsys.readouterr()
     before = snapshot(workdir)
     gone = "error: model 'mypieces:Tiny': no module named 'mypieces' (is it on PYTHONPATH, or installed?)"
@@ -279,27 +232,33 @@ def test_resume_evaluate_and_predict_name_a_piece_that_is_gone(mypieces, mock_ci
     assert snapshot(workdir) == before
 
 
-def test_pieces_get_the_settings_their_signatures_name(mypieces):
+def test_pieces_get_their_own_settings_and_what_the_run_gives_them(mypieces):
     lion = Config.for_model("cnn", optimizer="mypieces:lion")
-    assert (lion.learning_rate, lion.weight_decay) == (3e-4, 0.0)  # lion's own defaults
-    assert Config.for_model("cnn", optimizer="mypieces:lion", weight_decay=0.1).weight_decay == 0.1
+    assert (lion.learning_rate, lion.settings) == (3e-4, {})  # lion's own defaults
+    lion = Config.for_model("cnn", optimizer="mypieces:lion", settings={"optimizer.b2": 0.95})
+    assert train_state.optimizer(lion, 50_000)[0] is train_state.optimizer(lion, 50_000)[0]
     with pytest.raises(ConfigError, match="^optimizer 'optax:lion' has no default learning rate: "
                                           "pass --learning-rate$"):
         Config.for_model("cnn", optimizer="optax:lion")
     assert Config.for_model("cnn", optimizer="optax:lion", learning_rate=1e-4).learning_rate == 1e-4
     seen = {}
 
-    def spy(images, key, run_key, indices, epoch, translate_pad):
-        seen.update(run_key=run_key, indices=indices, epoch=epoch, translate_pad=translate_pad)
+    def spy(images, key, run_key, indices, epoch, shift=1):
+        seen.update(run_key=run_key, indices=indices, epoch=epoch, shift=shift)
         return images
 
     cifar_jax.register_augmentation("spy", spy)
     images = jnp.zeros((2, 32, 32, 3), jnp.uint8)
-    cifar_jax.augment.apply(images, ("flip", "spy"), jax.random.key(0), jax.random.key(1),
-                            indices=jnp.arange(2), epoch=3, settings={"translate_pad": 5})
-    assert seen["epoch"] == 3 and seen["translate_pad"] == 5
+    cifar_jax.augment.apply(images, (("flip", {}), ("spy", {"shift": 5})), jax.random.key(0),
+                            jax.random.key(1), indices=jnp.arange(2), epoch=3)
+    assert seen["epoch"] == 3 and seen["shift"] == 5
     assert jax.random.key_data(seen["run_key"]).tolist() == jax.random.key_data(
         jax.random.fold_in(jax.random.key(1), 1)).tolist()
+    # the model's: its class's attributes, or a build function's keywords and its module's
+    assert train_state.build_model(Config.for_model(
+        "mypieces:Tiny", settings={"model.width": 4})).width == 4
+    cnn = train_state.build_model(Config.for_model("cnn", settings={"model.features": "8,16"}))
+    assert (type(cnn).__name__, cnn.features, cnn.conv) == ("CNN", (8, 16), ops.default_conv())
 
 
 def test_registering_says_what_is_wrong():
@@ -309,8 +268,10 @@ def test_registering_says_what_is_wrong():
         cifar_jax.register_optimizer("adam", optax.adam)
     with pytest.raises(ValueError, match="the name must be a word without ':'"):
         cifar_jax.register_loss("my:loss", lambda logits, labels: logits)
-    with pytest.raises(TypeError, match=r"'epoch' is not a setting"):
-        cifar_jax.register_model("net", Tiny, epoch=3)
+    cifar_jax.register_model("net", Tiny, epoch=3)
+    with pytest.raises(ConfigError, match=r"^the recipe of model 'net' sets 'epoch', which is not "
+                                          r"a setting of a run"):
+        Config.for_model("net")
     with pytest.raises(TypeError, match="expected a pure function"):
         cifar_jax.register_augmentation("gray", "mypieces:gray")
 

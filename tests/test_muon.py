@@ -13,11 +13,13 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import MOCK_EXAMPLES, swept_and_own_optimiser_steps
 
-from cifar_jax import data, register_model, train
+from cifar_jax import data, register_model, registry, train
 from cifar_jax import state as train_state
-from cifar_jax.config import REGISTRY, Config, ConfigError
+from cifar_jax.cli import config_overrides
+from cifar_jax.config import Config, ConfigError
 from cifar_jax.models.airbench import AirbenchNet, whitening_kernel
 from cifar_jax.recipes import airbench94_muon as recipe
+from cifar_jax.registry import REGISTRY
 from cifar_jax.run import load_state
 from cifar_jax.train import train_and_evaluate
 
@@ -171,11 +173,14 @@ def test_the_recipe_and_its_run_length():
     config = Config.for_model("airbench94_muon")
     assert (config.optimizer, config.epochs, config.batch_size, config.drop_last) == (
         "muon", 8, 2000, True)
-    assert (config.learning_rate, config.momentum, config.weight_decay,
-            config.whiten_bias_epochs) == (0.24, 0.6, 2e-6, 3)
-    assert (config.reduction, config.label_smoothing, config.schedule, config.lookahead,
-            config.tta) == ("sum", 0.2, "constant", False, 2)
-    assert config.augmentations == ("alternating_flip", "translate") and config.translate_pad == 2
+    assert (config.learning_rate, config.settings) == (0.24, {"loss.label_smoothing": 0.2})
+    muon = registry.settings_of("optimizer", recipe.muon)  # the rest are muon's own defaults
+    assert {name: s.default for name, s in muon.items()} == {
+        "momentum": 0.6, "weight_decay": 2e-6, "whiten_bias_epochs": 3, "bias_lr": 0.053,
+        "head_lr": 0.67, "sgd_momentum": 0.85, "ns_steps": 3}
+    assert (config.reduction, config.schedule, config.lookahead, config.tta) == (
+        "sum", "constant", False, 2)
+    assert config.augmentations == ("alternating_flip", "translate")
     assert train_state.run_length(config, 50_000) == (25, 200)
     assert train_state.run_length(Config.for_model("airbench94_muon", epochs=2.5), 50_000) == (
         25, 63)
@@ -274,14 +279,16 @@ def test_two_seeds_at_once_and_a_sweep(one_seed, mock_cifar10, tmp_path):
     assert full[0] == pytest.approx(one_seed[1][0]["train_loss"], rel=1e-6)
 
 
-def test_the_sgd_groups_rates_are_settings():
-    assert (Config.for_model("airbench94_muon").bias_lr,
-            Config.for_model("airbench94_muon").head_lr) == (0.053, 0.67)
-    args = train.parse_args(["--model", "cnn", "--optimizer", "muon", "--bias-lr", "0.001",
-                             "--head-lr", "0.002"])
-    assert (args.bias_lr, args.head_lr) == (0.001, 0.002)
-    with pytest.raises(ConfigError, match=r"^head_lr=0.001 is taken by none of the run's pieces"):
-        Config.for_model("cnn", head_lr=1e-3)  # adam has no such group
+def test_the_sgd_groups_rates_are_muons_own_settings():
+    args, settings = train.parse_args(["--model", "cnn", "--optimizer", "muon",
+                                       "--optimizer.bias_lr", "0.001", "--optimizer.head_lr=0.002"])
+    config = Config.for_model(**config_overrides(args, settings))
+    assert config.settings == {"optimizer.bias_lr": 0.001, "optimizer.head_lr": 0.002}
+    with pytest.raises(ConfigError, match=r"^optimizer.head_lr: optimizer 'adam' has no setting "
+                                          r"'head_lr'"):
+        Config.for_model("cnn", settings={"optimizer.head_lr": 1e-3})  # adam has no such group
+    with pytest.raises(SystemExit):  # the flag of the version that held it in Config
+        train.parse_args(["--optimizer", "muon", "--head-lr", "0.002"])
 
 
 def test_cnn_trains_with_muon(mock_cifar10, tmp_path):
@@ -303,7 +310,8 @@ def test_a_sweep_of_muons_settings_steps_as_each_points_own_optimiser():
     its values leaves of the optimiser's state, equal to the optimiser built with them (the
     convolution kernel, the stem, a BatchNorm bias and the head)."""
     config = Config.for_model("airbench94_muon", sweep={
-        "learning_rate": [0.12, 0.24], "weight_decay": [1e-6, 2e-6], "head_lr": [0.67, 0.1]})
+        "learning_rate": [0.12, 0.24], "weight_decay": [1e-6, 2e-6],
+        "optimizer.head_lr": [0.67, 0.1]})
     rng = np.random.default_rng(0)
     params = {"whiten": {"kernel": rng.normal(size=(2, 2, 3, 4)), "bias": rng.normal(size=4)},
               "group1": {"Conv_0": {"kernel": rng.normal(size=(3, 3, 4, 8))},

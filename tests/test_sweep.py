@@ -14,10 +14,12 @@ import pytest
 from conftest import cnn_config, swept_and_own_optimiser_steps
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_extensions import BROKEN
 from test_resume import interrupted_then_resumed, rows
 
 from cifar_jax import evaluate, predict, register_optimizer, run, steps, sweep, train
-from cifar_jax.config import Config, ExtensionError
+from cifar_jax.config import Config
+from cifar_jax.registry import CONTRACTS
 from cifar_jax.train import train_and_evaluate
 
 KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -48,7 +50,7 @@ def test_a_step_of_each_swept_optimiser_setting_equals_the_separate_one():
     """nesterov (airbench's groups) over learning rate, momentum, weight decay and bias scaler
     at once, on a tree with every group: three updates of each point as its own optimiser's."""
     sweep_values = {"learning_rate": [5.0, 11.5], "momentum": [0.8, 0.9],
-                    "weight_decay": [0.0, 0.05], "bias_scaler": [16.0, 64.0]}
+                    "optimizer.weight_decay": [0.0, 0.05], "optimizer.bias_scaler": [16.0, 64.0]}
     config = Config.for_model("airbench94", sweep=sweep_values)
     rng = np.random.default_rng(0)
     params = {"whiten": {"kernel": rng.normal(size=(2, 2, 3, 4)), "bias": rng.normal(size=4)},
@@ -148,6 +150,10 @@ def test_evaluate_and_predict_take_a_point_and_a_member(lr_sweep, mock_cifar10, 
     assert capsys.readouterr().err.strip() == (
         "error: --point momentum: the sweep does not vary it; its points: learning_rate=0.001; "
         "learning_rate=0.002")
+    assert evaluate.main(["--workdir", workdir, "--point", "learning_rate=fast"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: --point learning_rate: learning_rate must be a number, got 'fast'; its points: "
+        "learning_rate=0.001; learning_rate=0.002")
 
 
 def test_a_sweep_resumes_exactly(lr_sweep, mock_cifar10, tmp_path, monkeypatch, capsys):
@@ -173,20 +179,32 @@ def test_a_point_that_diverges_is_named_and_the_others_train_on(mock_cifar10, tm
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--sweep", "lr=0.1,0.2"], ("--sweep lr: no such setting; sweepable are learning_rate, "
-     "label_smoothing, momentum, weight_decay, bias_scaler, bias_lr, head_lr")),
-    (["--sweep", "batch_size=32,64"], ("--sweep batch_size: batch_size changes the compiled "
-     "program, which one sweep cannot vary: train separate runs, one per value; sweepable are "
-     "learning_rate, label_smoothing, momentum, weight_decay, bias_scaler, bias_lr, head_lr")),
-    (["--sweep", "epochs=1,2"], ("--sweep epochs: epochs changes the compiled program, which one "
-     "sweep cannot vary: train separate runs, one per value; sweepable are learning_rate, "
-     "label_smoothing, momentum, weight_decay, bias_scaler, bias_lr, head_lr")),
+    (["--sweep", "lr=0.1,0.2"], ("--sweep lr: no such setting; sweep a run's setting "
+     "(learning_rate, batch_size, epochs, model, optimizer, augment, ...) or a piece's "
+     "(optimizer.b2, model.width, augment.translate.pad, ...)")),
+    (["--sweep", "data_dir=a,b"], ("--sweep data_dir: data_dir does not change what a run "
+     "computes, or is not a setting to sweep")),
     (["--sweep", "seed=1,2"], ("--sweep seed: seeds are not swept: --num-seeds N trains seeds "
      "--seed to --seed+N-1 at every point")),
     (["--sweep", "learning_rate=0.1,-0.2"], ("--sweep learning_rate: learning_rate must be a "
      "positive number, got -0.2")),
-    (["--sweep", "label_smoothing=0.1,1.5"], ("--sweep label_smoothing: label_smoothing must be "
-     "below 1, got 1.5")),
+    (["--sweep", "learning_rate=0.1,fast"], ("--sweep learning_rate: learning_rate must be a "
+     "number, got 'fast'")),
+    (["--sweep", "batch_size=32,6.5"], ("--sweep batch_size: batch_size must be an integer, got "
+     "'6.5'")),
+    (["--sweep", "model.features=16,32;32,x"], ("--sweep model.features: model.features must be "
+     "an integer, got 'x'")),
+    (["--sweep", "model=cnn,resnet"], ("--sweep model: unknown model 'resnet': choose one of mlp, "
+     "cnn, airbench94, airbench94_muon, or name yours as module:attribute")),
+    (["--sweep", "model=cnn,mlp", "--sweep", "model.features=8;16"], (
+     "--sweep model.features: model 'mlp' (one the sweep trains) has no setting 'features'; its "
+     "settings are hidden, num_classes")),
+    (["--sweep", "model.dense=8,16", "--model.dense", "4"], ("--sweep model.dense and "
+     "--model.dense both set model.dense: drop one")),
+    (["--sweep", "momentum=0.5,0.9", "--optimizer", "sgd", "--momentum", "0.1"], (
+     "--sweep optimizer.momentum and --optimizer.momentum both set optimizer.momentum: drop one")),
+    (["--sweep", "optimizer.nosuch=1,2"], ("--sweep optimizer.nosuch: optimizer 'adam' has no "
+     "setting 'nosuch'; it has no settings")),
     (["--sweep", "learning_rate="], ("--sweep learning_rate has no values: give them as "
      "learning_rate=V1,V2,...")),
     (["--sweep", "learning_rate=0.1,0.1"], ("--sweep learning_rate lists 0.1 twice: give each "
@@ -195,36 +213,48 @@ def test_a_point_that_diverges_is_named_and_the_others_train_on(mock_cifar10, tm
      "given twice: list all its values in one --sweep learning_rate=V1,V2,...")),
     (["--sweep", "learning_rate=0.1,0.2", "--learning-rate", "0.3"], ("--sweep learning_rate and "
      "--learning-rate both set learning_rate: drop one")),
-    (["--sweep", "momentum=0.5,0.9"], ("--sweep momentum: momentum is taken by none of the run's "
-     "pieces (optimizer 'adam', loss 'cross_entropy'): choose a piece that takes it")),
+    (["--sweep", "momentum=0.5,0.9"], ("--sweep optimizer.momentum: optimizer 'adam' has no "
+     "setting 'momentum'; it has no settings")),
+    (["--sweep", "model=cnn,wrong_width:Net"], ("point model=wrong_width:Net: model "
+     "'wrong_width:Net' returns float32 [2, 5] for 2 images, not logits [2, 10]; expected "
+     f"{CONTRACTS['model']}")),
 ])
-def test_a_bad_sweep_is_one_line_exit_2_and_nothing_written(flags, message, tmp_path, capsys):
+def test_a_bad_sweep_is_one_line_exit_2_and_nothing_written(flags, message, tmp_path, capsys,
+                                                            monkeypatch):
+    (tmp_path / "wrong_width.py").write_text(BROKEN["wrong_width.py"])
+    monkeypatch.syspath_prepend(str(tmp_path))
     workdir = tmp_path / "run"
     assert train.main(["--model", "cnn", "--workdir", str(workdir), *flags]) == 2
     assert capsys.readouterr().err.strip() == f"error: {message}"
     assert not workdir.exists()
 
 
-def test_a_sweep_spec_that_is_not_name_equals_numbers_is_a_usage_error(capsys):
-    for spec, why in (("learning_rate", ("expected NAME=V1,V2,... (e.g. learning_rate=1e-3,2e-3), "
-                                        "got 'learning_rate'")),
-                      ("learning_rate=0.1,fast", "learning_rate: 'fast' is not a number")):
-        with pytest.raises(SystemExit) as exit_:
-            train.main(["--sweep", spec])
-        assert exit_.value.code == 2
-        assert capsys.readouterr().err.strip() == (
-            f"python -m cifar_jax.train: error: argument --sweep: {why} (see --help)")
+def test_a_sweep_spec_that_is_not_name_equals_values_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--sweep", "learning_rate"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "python -m cifar_jax.train: error: argument --sweep: expected NAME=V1,V2,... (e.g. "
+        "learning_rate=1e-3,2e-3), got 'learning_rate' (see --help)")
 
 
-def test_an_optimiser_that_needs_a_python_number_is_named(tmp_path):
+def test_a_setting_the_pieces_need_as_a_python_number_makes_a_program_per_value():
     def picky(learning_rate=0.1, momentum=0.9):
         return optax.sgd(learning_rate, momentum if momentum > 0.5 else None)
 
     register_optimizer("picky", picky)
-    config = Config.for_model("mlp", optimizer="picky", sweep={"momentum": [0.1, 0.9]})
-    with pytest.raises(ExtensionError, match=r"^optimizer 'picky' failed with the swept momentum "
-                       r"as traced JAX values \(the step gives every point's at once: compute "
-                       r"with them, but not in Python's if, round or int\): "
-                       r"TracerBoolConversionError"):
-        train_and_evaluate(config, str(tmp_path / "run"), progress=False)
-    assert not (tmp_path / "run").exists()
+    config = Config.for_model("mlp", optimizer="picky", sweep={"momentum": [0.1, 0.9],
+                                                               "learning_rate": [0.1, 0.2]})
+    programs = train.plan(config)
+    assert [static for static, _ in programs] == [{"optimizer.momentum": 0.1},
+                                                  {"optimizer.momentum": 0.9}]
+    assert [program.sweep for _, program in programs] == [(("learning_rate", (0.1, 0.2)),)] * 2
+    assert programs[1][1].settings == {"optimizer.momentum": 0.9}
+    assert sweep.describe_plan(config, programs) == (
+        "sweep: 4 points x 1 seed = 4 models in 2 compiled programs of 2 (a program per "
+        "optimizer.momentum; learning_rate within each)")
+    # the same optimiser in Python's numbers alone: one program
+    register_optimizer("smooth", lambda learning_rate=0.1, momentum=0.9: optax.sgd(
+        learning_rate, momentum))
+    config = Config.for_model("mlp", optimizer="smooth", sweep={"momentum": [0.1, 0.9]})
+    assert train.plan(config) == [({}, config)]

@@ -11,15 +11,23 @@ fresh state applies once to the uint8 training images.
 
 import jax.numpy as jnp
 
-from cifar_jax.config import call, lookup
 from cifar_jax.models.airbench import AirbenchNet
 from cifar_jax.models.tutorial import CNN, MLP
+from cifar_jax.registry import call, lookup, parameters
 
 
-def build(name, dtype="float32"):
+def build(name, dtype="float32", settings=None):
     """The module that the model registered as `name` (or the import path `name`) builds,
-    computing in `dtype` ('float32' or 'bfloat16') where it takes a dtype."""
-    return call(lookup("model", name).obj, dtype=jnp.dtype(dtype))
+    computing in `dtype` ('float32' or 'bfloat16') where it takes a dtype, with its
+    `settings` ({attribute: value}): given to the class or the build function where its
+    signature names them, the rest set on the module it builds (`Module.clone`)."""
+    build_ = lookup("model", name).obj
+    settings = dict(settings or {})
+    keywords = parameters(build_)
+    module = call(build_, dtype=jnp.dtype(dtype),
+                  **{k: v for k, v in settings.items() if k in keywords})
+    rest = {k: v for k, v in settings.items() if k not in keywords}
+    return module.clone(**rest) if rest else module
 
 
 __all__ = ["CNN", "MLP", "AirbenchNet", "build"]

@@ -16,7 +16,7 @@ from cifar_jax.models.airbench import AirbenchNet
 
 
 def nesterov(learning_rate=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler=64.0,
-             whiten_bias_epochs=3, *, batch_size, steps_per_epoch):
+             whiten_bias_epochs: float = 3, *, batch_size, steps_per_epoch):
     """airbench's optimiser (`optim.airbench_sgd`) in its own units:
     learning_rate   per 1024 examples of the summed loss, decoupled from the momentum
     momentum        Nesterov momentum
@@ -37,5 +37,6 @@ def airbench94(dtype):
 
 register_optimizer("nesterov", nesterov)
 register_model("airbench94", airbench94, optimizer="nesterov", epochs=9.9, batch_size=1024,
-               drop_last=True, reduction="sum", label_smoothing=0.2, schedule="warmup_decay",
-               lookahead=True, augment="alternating_flip,translate", tta=2)
+               drop_last=True, reduction="sum", schedule="warmup_decay", lookahead=True,
+               augment="alternating_flip,translate", tta=2,
+               settings={"loss.label_smoothing": 0.2})

@@ -184,7 +184,7 @@ def muon_param_labels(params):
         lambda path, p: muon_param_label([optim._key_name(k) for k in path], p), params)
 
 
-def muon(learning_rate=0.24, momentum=0.6, weight_decay=2e-6, whiten_bias_epochs=3,
+def muon(learning_rate=0.24, momentum=0.6, weight_decay=2e-6, whiten_bias_epochs: float = 3,
          dtype="float32", bias_lr=0.053, head_lr=0.67, *, batch_size, total_steps,
          steps_per_epoch, schedule="constant", sgd_momentum=0.85, ns_steps=3):
     """airbench94_muon's optimiser, usable by any model (`muon_param_label` makes the groups):
@@ -199,9 +199,11 @@ def muon(learning_rate=0.24, momentum=0.6, weight_decay=2e-6, whiten_bias_epochs
     head_lr         the SGD group of the rest (`HEAD`): the recipe's 0.67 is for airbench's
                     head, whose logits are divided by 256; another model's Dense layers want
                     about 1e-3 (with bias_lr too)
-    sgd_momentum    the SGD groups' Nesterov momentum (keyword-only: not a command-line setting)
+    sgd_momentum    the SGD groups' Nesterov momentum
     ns_steps        Newton-Schulz iterations
     schedule        the run's --schedule: only "constant" (the decay is built in)
+Each is a setting (--optimizer.head_lr 1e-3), but dtype, batch_size, total_steps,
+steps_per_epoch and schedule, which the run gives.
     Every lr falls linearly to zero over the run's `total_steps` (the stem bias's over its
     own steps): lr_t = lr * (1 - t / total), t = 0, 1, ..., as the original sets it before each
     step. The gradients must be those of the summed loss, as the original's.
@@ -237,5 +239,5 @@ def muon(learning_rate=0.24, momentum=0.6, weight_decay=2e-6, whiten_bias_epochs
 
 register_optimizer("muon", muon)
 register_model("airbench94_muon", airbench94_muon, optimizer="muon", epochs=8, batch_size=2000,
-               drop_last=True, reduction="sum", label_smoothing=0.2,
-               augment="alternating_flip,translate", tta=2)
+               drop_last=True, reduction="sum", augment="alternating_flip,translate", tta=2,
+               settings={"loss.label_smoothing": 0.2})
