@@ -12,20 +12,11 @@ import numpy as np
 import pytest
 from conftest import FLAGS
 from PIL import Image
+from test_cli import main
 from test_resume import interrupting, rows, snapshot
 
 from cifar_jax import evaluate, predict, run, steps, sweep, train
 from cifar_jax.config import Config
-
-
-def main(capsys, *args):
-    """(exit code, stdout, stderr) of `python -m cifar_jax.train ARGS` in this process."""
-    try:
-        code = train.main(list(args))
-    except SystemExit as e:  # argparse's usage errors, --help
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_help_lists_the_chosen_pieces_settings_with_their_defaults(mypieces, capsys):
