@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax import augment
+from cifar_jax import augment, ops
 from cifar_jax import state as train_state
 from cifar_jax.data import IMAGE_SHAPE
 from cifar_jax.registry import CONTRACTS, REGISTRY, ExtensionError, lookup
@@ -25,12 +25,10 @@ def check(config, n_train=50_000):
     """Each piece `config` names keeps its contract, or ExtensionError says which does not.
     Returns what the run should say at its start about them (a list of lines, maybe empty)."""
     model, variables = _model(config)
-    jaxprs = {}
-    for train in (True, False):  # traced once each: the training one is read for convolutions
-        jaxprs[train], logits = _attempt(
-            "model", config.model, f"failed on images {list(IMAGES.shape)}",
-            jax.make_jaxpr(lambda v, x, train=train: _apply(model, v, x, train), return_shape=True),
-            variables, IMAGES)
+    for train in (True, False):
+        logits = _attempt("model", config.model, f"failed on images {list(IMAGES.shape)}",
+                          jax.eval_shape, lambda v, x, train=train: _apply(model, v, x, train),
+                          variables, IMAGES)
         if getattr(logits, "shape", None) != (BATCH, NUM_CLASSES):
             _fail("model", config.model, f"returns {_describe(logits)} for {BATCH} images, not "
                   f"logits [{BATCH}, {NUM_CLASSES}]")
@@ -40,8 +38,7 @@ def check(config, n_train=50_000):
     return [*(f"note: {kind} {name!r} is defined in __main__ (a script or a notebook) or inside "
               "a function: this run trains, but --resume, evaluate and predict in another "
               "process need it in a module on PYTHONPATH, registered there or named as "
-              "module:attribute" for kind, name in _not_importable(config)),
-            *_slow_convolutions(config, jaxprs[True])]
+              "module:attribute" for kind, name in _not_importable(config))]
 
 
 def untraceable(config, n_train=50_000):
@@ -116,22 +113,10 @@ def _loss(config, n_train):
 
 
 def _apply(model, variables, images, train):
-    return model.apply(variables, images, train=train, rngs={"dropout": jax.random.key(0)},
-                       mutable=["batch_stats"])[0]
-
-
-def _slow_convolutions(config, jaxpr):
-    """A note for a model (`jaxpr`: its training forward pass) that convolves with XLA's own
-    convolution on the CPU, where XLA runs it inside the compiled training loop about 20x
-    slower than outside (jax-ml/jax#12868)."""
-    if jax.default_backend() != "cpu":
-        return []
-    if "conv_general_dilated" not in str(jaxpr):
-        return []
-    return [(f"note: model {config.model!r} convolves with XLA's convolution, which XLA:CPU runs "
-            "about 20x slower inside the compiled training loop (jax-ml/jax#12868): give its "
-            "nn.Conv layers conv_general_dilated=cifar_jax.ops.default_conv(), as the built-in "
-            "models do (the same maths as a matmul)")]
+    """The model's logits as the steps compute them (`ops.for_backend`)."""
+    return ops.for_backend(model.apply)(variables, images, train=train,
+                                        rngs={"dropout": jax.random.key(0)},
+                                        mutable=["batch_stats"])[0]
 
 
 def _model(config):

@@ -3,11 +3,18 @@
 Models take them as fields (`conv=...`) or call them in place of the plain operation; tests
 check each against the plain form, gradients included. All are exact in exact arithmetic;
 all but `conv_winograd` also round as the plain form does, up to the order of a sum.
-Measured gains: benchmarks/README.md.
+A model needs none of them to be fast on the CPU: the train and eval steps run every model
+through `for_backend`, which computes its XLA convolutions with `conv_as_matmul` there.
+Measured gains: benchmarks/README.md, docs/results.md.
 """
 
+import contextlib
+import functools
+
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -67,13 +74,19 @@ def same_padding_for_pool(size, kernel_size):
     return tuple(((kernel_size - 1) // 2, kernel_size // 2 - s % 2) for s in size)
 
 
-def _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):
-    """Whether a convolution is the plain case the speed kernels handle: NHWC/HWIO, no
-    dilation, no feature groups."""
+def _nhwc(lhs, rhs, lhs_dilation, dimension_numbers):
+    """Whether a convolution is one `conv_as_matmul` handles: NHWC/HWIO, no input dilation (a
+    transposed convolution's)."""
     nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    return (feature_group_count == 1
-            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
-            and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation)))
+    return (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+            and (lhs_dilation is None or tuple(lhs_dilation) == (1, 1)))
+
+
+def _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):
+    """Whether a convolution is the plain case Winograd's handles: NHWC/HWIO, no dilation, no
+    feature groups."""
+    return (feature_group_count == 1 and _nhwc(lhs, rhs, lhs_dilation, dimension_numbers)
+            and (rhs_dilation is None or tuple(rhs_dilation) == (1, 1)))
 
 
 def _pads(lhs, kernel, strides, padding):
@@ -92,33 +105,46 @@ def conv_as_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_
     parameters and the maths are the same, but XLA:CPU's convolution kernels are slow at
     small channel counts, and inside a compiled loop (the scanned training step) slower still
     (jax-ml/jax#12868: 15x for a ResNet-8), where one matmul over the kh*kw shifted views is
-    not. Anything but the plain case (no dilation, no groups, NHWC/HWIO; any strides) goes to
+    not. Any strides, padding and kernel dilation; feature groups (a depthwise convolution's
+    too) as one batched matmul, each group's inputs against its own filters. Other layouts
+    than NHWC/HWIO and input dilation (a transposed convolution's) go to
     `lax.conv_general_dilated`.
     """
-    plain = _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                        feature_group_count)
-    if not plain:
+    if not _nhwc(lhs, rhs, lhs_dilation, dimension_numbers):
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
             dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
             precision=precision, preferred_element_type=preferred_element_type)
-    kh, kw, cin, cout = rhs.shape
+    kh, kw, cin, cout = rhs.shape  # cin: a group's input channels
     sh, sw = window_strides
-    pads = _pads(lhs, (kh, kw), (sh, sw), padding)
+    dh, dw = rhs_dilation or (1, 1)
+    pads = _pads(lhs, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), (sh, sw), padding)
     if any(tuple(p) != (0, 0) for p in pads):
         lhs = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
-    b, oh, ow = lhs.shape[0], (lhs.shape[1] - kh) // sh + 1, (lhs.shape[2] - kw) // sw + 1
+    b = lhs.shape[0]
+    oh = (lhs.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    ow = (lhs.shape[2] - (kw - 1) * dw - 1) // sw + 1
 
     def shifted(i, j):  # the inputs that kernel tap (i, j) sees, one per output pixel
+        y, x = i * dh, j * dw
         if (sh, sw) == (1, 1):
-            return lhs[:, i:i + oh, j:j + ow, :]
-        return lhs[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :]
+            return lhs[:, y:y + oh, x:x + ow, :]
+        return lhs[:, y:y + (oh - 1) * sh + 1:sh, x:x + (ow - 1) * sw + 1:sw, :]
 
-    patches = jnp.concatenate([shifted(i, j) for i in range(kh) for j in range(kw)], axis=-1)
-    # A 2-D matmul, so that the weight gradient is a 2-D one too: contracting over [b, oh, ow]
-    # made XLA:CPU transpose the output gradient first.
-    out = jnp.dot(patches.reshape(b * oh * ow, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),
-                  precision=precision, preferred_element_type=preferred_element_type)
+    taps = [shifted(i, j) for i in range(kh) for j in range(kw)]
+    if feature_group_count == 1:
+        patches = jnp.concatenate(taps, axis=-1)
+        # A 2-D matmul, so that the weight gradient is a 2-D one too: contracting over
+        # [b, oh, ow] made XLA:CPU transpose the output gradient first.
+        out = jnp.dot(patches.reshape(b * oh * ow, kh * kw * cin),
+                      rhs.reshape(kh * kw * cin, cout),
+                      precision=precision, preferred_element_type=preferred_element_type)
+        return out.reshape(b, oh, ow, cout)
+    groups = feature_group_count
+    patches = jnp.stack([tap.reshape(b * oh * ow, groups, cin) for tap in taps], axis=2)
+    out = jnp.einsum("ngk,kgo->ngo", patches.reshape(b * oh * ow, groups, kh * kw * cin),
+                     rhs.reshape(kh * kw * cin, groups, cout // groups), precision=precision,
+                     preferred_element_type=preferred_element_type)
     return out.reshape(b, oh, ow, cout)
 
 
@@ -194,6 +220,113 @@ def conv_winograd(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_d
               for i in range(2)]  # blocks[i][j] = outputs [2t + i, 2s + j]
     out = jnp.stack([jnp.stack(r, axis=3) for r in blocks], axis=2)  # [b, th, 2, tw, 2, cout]
     return out.reshape(b, 2 * th, 2 * tw, cout)[:, :oh, :ow]
+
+
+# --------------------------------------------------------------------------------------------
+# Any model's convolutions as matmuls
+#
+# Inside a compiled loop (the scanned training step) XLA:CPU runs its own convolution kernels
+# 20-30x slower than outside one (jax-ml/jax#12868): a plain Flax CNN, nn.Conv(32) and
+# nn.Conv(64) at batch 256, took 6.7 s a step scanned against 0.53 s a step dispatched from
+# Python, and 0.23-0.25 s scanned with `conv_as_matmul` in place of XLA's convolution
+# (`python -m benchmarks.loops`). So the steps do not ask models to be written with cifar_jax's
+# kernels: on the CPU they trace the model's function to a jaxpr and evaluate it again with
+# each `conv_general_dilated` computed by `conv_as_matmul` (which hands the cases it does not
+# handle back to XLA). Gradients are those of the rewritten function: matmuls too. A function
+# with no XLA convolution runs as it is, so a model written with the kernels keeps its program.
+# --------------------------------------------------------------------------------------------
+
+_CONV = "conv_general_dilated"
+_CALLS = ("jit", "pjit", "closed_call", "core_call")  # a nested function, evaluated inline
+
+
+def for_backend(fn):
+    """`fn` (a model's `apply`, or any JAX function) as this backend runs it fastest: on the
+    CPU, `convolutions_as_matmuls(fn)`; elsewhere `fn` as it is (cuDNN's convolutions on a
+    GPU). Decided when `fn` is traced."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if jax.default_backend() == "cpu":
+            return convolutions_as_matmuls(fn)(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return run
+
+
+def convolutions_as_matmuls(fn):
+    """`fn` with every XLA convolution it computes (`lax.conv_general_dilated`, so `nn.Conv`'s
+    and plain JAX's alike) computed by `conv_as_matmul` instead: the same values and
+    gradients, rounded as `conv_as_matmul` rounds them. Convolutions inside a nested jit are
+    replaced too; those inside a loop, a branch or a remat of `fn` itself are left to XLA.
+    Arguments that are not arrays (train=True, Flax's `mutable`) are passed on as they are."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        leaves, tree = jax.tree.flatten((args, kwargs))
+        where = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+
+        def on_arrays(*arrays):
+            full = list(leaves)
+            for i, array in zip(where, arrays):
+                full[i] = array
+            args, kwargs = jax.tree.unflatten(tree, full)
+            return fn(*args, **kwargs)
+
+        arrays = [leaves[i] for i in where]
+        closed, shape = jax.make_jaxpr(on_arrays, return_shape=True)(*arrays)
+        if not _convolves(closed.jaxpr):
+            return fn(*args, **kwargs)
+        return jax.tree.unflatten(jax.tree.structure(shape),
+                                  _evaluate(closed.jaxpr, closed.consts, *arrays))
+
+    return run
+
+
+def _is_array(leaf):
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic))  # tracers are jax.Arrays
+
+
+def _inner(eqn):
+    """(jaxpr, consts) of a call's function."""
+    inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+    return (inner.jaxpr, inner.consts) if hasattr(inner, "jaxpr") else (inner, ())
+
+
+def _convolves(jaxpr):
+    """Whether `jaxpr` computes an XLA convolution (in a nested call too)."""
+    return any(eqn.primitive.name == _CONV
+               or (eqn.primitive.name in _CALLS and _convolves(_inner(eqn)[0]))
+               for eqn in jaxpr.eqns)
+
+
+def _evaluate(jaxpr, consts, *args):
+    """`jaxpr`'s outputs on `args`, as `jax.core.eval_jaxpr` computes them, but for its
+    convolutions, computed by `conv_as_matmul`."""
+    env = dict(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+
+    def read(var):
+        return var.val if isinstance(var, jex.core.Literal) else env[var]
+
+    for eqn in jaxpr.eqns:
+        inputs, params = [read(var) for var in eqn.invars], eqn.params
+        if eqn.primitive.name == _CONV and params["batch_group_count"] == 1:
+            outputs = [conv_as_matmul(
+                *inputs, params["window_strides"], params["padding"],
+                lhs_dilation=params["lhs_dilation"], rhs_dilation=params["rhs_dilation"],
+                dimension_numbers=params["dimension_numbers"],
+                feature_group_count=params["feature_group_count"], precision=params["precision"],
+                preferred_element_type=params["preferred_element_type"])]
+        elif eqn.primitive.name in _CALLS and _convolves(_inner(eqn)[0]):
+            outputs = _evaluate(*_inner(eqn), *inputs)
+        else:  # as traced, in the context it was traced in (its PRNG's implementation, ...)
+            bind = eqn.primitive.get_bind_params(params)
+            subfunctions, bind = bind if isinstance(bind, tuple) else ((), bind)  # older JAX
+            with eqn.ctx.manager if hasattr(eqn, "ctx") else contextlib.nullcontext():
+                outputs = eqn.primitive.bind(*subfunctions, *inputs, **bind)
+            if not eqn.primitive.multiple_results:
+                outputs = [outputs]
+        env.update(zip(eqn.outvars, outputs))
+    return [read(var) for var in jaxpr.outvars]
 
 
 def default_conv(winograd=False):

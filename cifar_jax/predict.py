@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifar_jax import checkpoint, compilation, run, steps
+from cifar_jax import checkpoint, compilation, ops, run, steps
 from cifar_jax.cli import OneLineParser, nonnegative_int, point_spec
 from cifar_jax.config import ConfigError
 from cifar_jax.data import CLASS_NAMES, IMAGE_SHAPE, to_float
@@ -56,7 +56,8 @@ def predict_proba(model, variables, images, tta=0, stacked=False):
     augmentation `tta` of the run's recipe (`steps.tta_logits`). `stacked`: `variables` hold
     several models along a leading axis, whose mean probabilities (their ensemble) are given."""
     def proba(variables):
-        return jax.nn.softmax(steps.tta_logits(model.apply, variables, to_float(images), tta))
+        apply = ops.for_backend(model.apply)
+        return jax.nn.softmax(steps.tta_logits(apply, variables, to_float(images), tta))
 
     return np.asarray(jax.jit(lambda v: jax.vmap(proba)(v).mean(0) if stacked else proba(v))(
         variables))

@@ -31,7 +31,7 @@ def run_example(name, tmp_path, monkeypatch, *argv):
 
 def test_resnet8_against_the_cnn(tmp_path, monkeypatch):
     finals = run_example("resnet8", tmp_path, monkeypatch)
-    assert set(finals) == {("cnn", "adam", ""), ("resnet8:resnet8", "adam", "")}
+    assert set(finals) == {("cnn", "adam", ""), ("resnet8:ResNet8", "adam", "")}
 
 
 def test_lion_against_adam(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from cifar_jax import ops
 from cifar_jax.models import CNN, MLP
 from cifar_jax.ops import (
     conv_as_matmul,
@@ -121,13 +122,81 @@ def test_conv_as_matmul_equals_lax_conv_and_its_gradients():
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-3)
 
 
-def test_conv_as_matmul_hands_other_cases_to_lax():
-    x = normal(0, (1, 8, 8, 4))
-    for other in ({"kernel_dilation": 2}, {"feature_group_count": 2}):
-        conv = nn.Conv(4, (3, 3), padding="SAME", conv_general_dilated=conv_as_matmul, **other)
-        ref = nn.Conv(4, (3, 3), padding="SAME", **other)
-        params = jax.jit(ref.init)(jax.random.key(0), x)
-        np.testing.assert_array_equal(jax.jit(conv.apply)(params, x), jax.jit(ref.apply)(params, x))
+@pytest.mark.parametrize("other", [{"kernel_dilation": 2}, {"feature_group_count": 2},
+                                   {"feature_group_count": 4, "strides": 2},  # depthwise
+                                   {"kernel_dilation": (2, 1), "feature_group_count": 2}])
+def test_conv_as_matmul_takes_kernel_dilation_and_feature_groups(other):
+    x = normal(0, (2, 9, 8, 4))
+    ours = nn.Conv(8, (3, 3), padding="SAME", conv_general_dilated=conv_as_matmul, **other)
+    ref = nn.Conv(8, (3, 3), padding="SAME", **other)
+    params = jax.jit(ref.init)(jax.random.key(0), x)
+    loss = lambda model: jax.jit(jax.value_and_grad(
+        lambda p, x: (model.apply(p, x) ** 2).sum(), (0, 1)))(params, x)
+    (value, grads), (ref_value, ref_grads) = loss(ours), loss(ref)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(
+        lambda p: (ours.apply(p, x) ** 2).sum()))(params))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, layout, lhs_dilation", [
+    ((1, 8, 8, 4), (3, 3, 4, 4), ("NHWC", "HWIO", "NHWC"), (2, 2)),  # a transposed convolution's
+    ((1, 4, 8, 8), (4, 4, 3, 3), ("NCHW", "OIHW", "NCHW"), None)])
+def test_conv_as_matmul_hands_other_cases_to_lax(x_shape, w_shape, layout, lhs_dilation):
+    @functools.partial(jax.jit, static_argnums=0)
+    def conv(f, x, w):
+        return f(x, w, (1, 1), ((1, 1), (1, 1)), lhs_dilation=lhs_dilation,
+                 dimension_numbers=layout)
+
+    x, w = normal(0, x_shape), normal(1, w_shape)
+    np.testing.assert_array_equal(conv(conv_as_matmul, x, w), conv(lax.conv_general_dilated, x, w))
+
+
+class PlainNet(nn.Module):
+    """A CNN as Flax's docs write one, with XLA's convolution: strided, grouped, dilated, one in
+    a nested jit."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3))(x)))
+        x = nn.Conv(8, (3, 3), strides=2, feature_group_count=4)(x)
+        x = jax.jit(nn.relu)(nn.Conv(16, (3, 3), kernel_dilation=2, padding="VALID")(x))
+        x = nn.Dropout(0.1, deterministic=not train)(x.reshape(len(x), -1))
+        return nn.Dense(10)(x)
+
+
+def test_any_models_convolutions_become_matmuls_with_the_same_values_and_gradients():
+    model, x = PlainNet(), uniform(0, (2, 16, 16, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+
+    def loss(apply):
+        def f(params):
+            logits, updates = apply({**variables, "params": params}, x, train=True,
+                                    rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+            return (logits ** 2).sum(), updates
+        return f
+
+    ours, ref = loss(ops.convolutions_as_matmuls(model.apply)), loss(model.apply)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(jax.grad(ref, has_aux=True))(
+        variables["params"]))
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(ours, has_aux=True))(
+        variables["params"]))
+    (value, updates), grads = jax.jit(jax.value_and_grad(ours, has_aux=True))(variables["params"])
+    (ref_value, ref_updates), ref_grads = jax.jit(jax.value_and_grad(ref, has_aux=True))(
+        variables["params"])
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((grads, updates)), jax.tree.leaves((ref_grads, ref_updates)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_function_without_xla_convolutions_keeps_its_program():
+    model, x = CNN(conv=conv_as_matmul), uniform(0, (2, 32, 32, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    plain = jax.jit(model.apply).lower(variables, x).as_text()
+    assert jax.jit(ops.convolutions_as_matmuls(model.apply)).lower(variables, x).as_text() == plain
+    assert ops.for_backend(model.apply)(variables, x).shape == (2, 10)
 
 
 @pytest.mark.parametrize("kernel, strides, padding", [((3, 3), 2, "SAME"), ((1, 1), 2, "VALID"),

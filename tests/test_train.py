@@ -1,11 +1,14 @@
+import dataclasses
 import json
 import os
 
 import pytest
 
-from cifar_jax import steps
+from cifar_jax import ops, register_model, steps
 from cifar_jax.config import Config, ConfigError
 from cifar_jax.data import CLASS_NAMES
+from cifar_jax.models import CNN
+from cifar_jax.registry import REGISTRY
 from cifar_jax.train import train_and_evaluate
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -90,3 +93,17 @@ def test_a_batch_larger_than_the_data_with_drop_last_is_refused(mock_cifar10, tm
     assert str(error.value) == ("--batch-size 1024 is more than the 70 training images, and the "
                                 "recipe drops partial batches: use a smaller --batch-size")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_plain_cnn_trains_as_its_twin_written_with_cifar_jaxs_kernel(cnn_run, mock_cifar10,
+                                                                         tmp_path):
+    """The CNN convolves with XLA's convolution, which the steps compute as a matmul on the CPU
+    (`ops.for_backend`): the run equals, bit for bit, the same CNN written with
+    `ops.conv_as_matmul`, whose program holds no XLA convolution to replace."""
+    config, _, history = cnn_run
+    register_model("cnn_kernel", lambda dtype: CNN(dtype=dtype, conv=ops.conv_as_matmul),
+                   **REGISTRY["model"]["cnn"].recipe)
+    twin = train_and_evaluate(dataclasses.replace(config, model="cnn_kernel"),
+                              str(tmp_path / "twin"), progress=False)
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert strip(twin) == strip(history)

@@ -40,8 +40,8 @@ class CNN(nn.Module):
     dense: int = 64
     num_classes: int = 10
     dtype: Any = jnp.float32
-    # How nn.Conv convolves: same parameters, same maths either way (`ops.default_conv()`
-    # picks the faster one for the backend when the model is built).
+    # How nn.Conv convolves: XLA's convolution, which the steps compute as a matmul on the CPU
+    # (`ops.for_backend`); another one of the same signature may take its place.
     conv: Callable = lax.conv_general_dilated
 
     @nn.compact

@@ -1,0 +1,153 @@
+"""How a training step runs, for models written with and without cifar_jax's kernels: the
+measurements behind `ops.for_backend` (why the steps compute any model's XLA convolutions as
+matmuls on the CPU, and keep the whole epoch in one scanned program).
+
+    python -m benchmarks.loops [--models plain kernels cnn resnet8 airbench94] [--json out.json]
+
+For each model, cifar_jax's own train step (`steps.train_step`) on synthetic data, three ways:
+
+    scan, XLA convolutions     the steps in one compiled `lax.scan` (how an epoch runs), the
+                               model's convolutions XLA's own: how cifar_jax ran before
+    Python, XLA convolutions   one compiled step, called from Python for each batch
+    scan, as matmuls           the scan, the model's XLA convolutions computed by
+                               `ops.conv_as_matmul` (`ops.convolutions_as_matmuls`): how the
+                               steps run a model now on the CPU
+
+Seconds a step after compiling (the median of --repeats timed passes of --steps steps), and
+each way's speed against the last. The models: `plain`, a CNN as Flax's docs write one
+(nn.Conv(32), BatchNorm, max-pool, nn.Conv(64), BatchNorm, max-pool, dropout, Dense) at batch
+256; `kernels`, the same written with `conv_general_dilated=ops.conv_as_matmul`; `cnn`, the
+tutorial's CNN at batch 32; `resnet8`, examples/resnet8.py at batch 32; `airbench94`, the
+recipe's network (its convolutions cifar_jax's Winograd kernels already) at batch 1024.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from cifar_jax import ops, steps
+from cifar_jax import state as train_state
+from cifar_jax.config import Config
+from cifar_jax.registry import lookup
+
+
+class Plain(nn.Module):
+    """A CNN as Flax's docs write one."""
+
+    conv: object = jax.lax.conv_general_dilated
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        for width in (32, 64):
+            x = nn.Conv(width, (3, 3), conv_general_dilated=self.conv)(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.Dropout(0.25, deterministic=not train)(x.reshape(x.shape[0], -1))
+        return nn.Dense(10)(x)
+
+
+def _resnet8():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
+    from resnet8 import ResNet8  # noqa: PLC0415 - the example, where it lives
+
+    return ResNet8()
+
+
+# name -> (the model, its batch size, the optimiser)
+MODELS = {
+    "plain": (Plain, 256, optax.adam(1e-3)),
+    "kernels": (lambda: Plain(conv=ops.conv_as_matmul), 256, optax.adam(1e-3)),
+    "cnn": (lambda: train_state.build_model(Config.for_model("cnn")), 32, optax.adam(1e-3)),
+    "resnet8": (_resnet8, 32, optax.adam(1e-3)),
+    "airbench94": (lambda: train_state.build_model(Config.for_model("airbench94")), 1024,
+                   lookup("optimizer", "nesterov").obj(11.5, batch_size=1024, steps_per_epoch=48)),
+}
+
+
+class XlaConvolutions(train_state.TrainState):
+    """A train state whose model runs as written: its convolutions XLA's own."""
+
+    @property
+    def apply_fn(self):
+        return self.model.apply
+
+
+def ways(model, tx, batch_size, n_steps):
+    """{way: (a function of no arguments that trains `n_steps` steps, compiled)}."""
+    rng = np.random.default_rng(0)
+    images = jax.device_put(rng.integers(0, 256, (batch_size * n_steps, 32, 32, 3), np.uint8))
+    labels = jax.device_put(rng.integers(0, 10, batch_size * n_steps).astype(np.int32))
+    idx = np.arange(batch_size * n_steps, dtype=np.int32).reshape(n_steps, batch_size)
+    mask = np.ones(idx.shape, np.float32)
+    state = train_state.create(model, tx, jax.random.key(0))
+    xla = XlaConvolutions(**{f: getattr(state, f) for f in state.__dataclass_fields__})
+    key = jax.random.key(1)
+    scan = jax.jit(steps._train_batches)  # no donation: every pass starts from the same state
+
+    @jax.jit
+    def step(state, idx, mask):  # the batch gathered on the device, as the scan does
+        return steps.train_step(state, {**steps._gather(images, labels, idx, mask), "epoch": 0},
+                                key)
+
+    def scanned(state):
+        return lambda: jax.block_until_ready(scan(state, images, labels, idx, mask, key))
+
+    def from_python():
+        current = xla
+        for i in range(n_steps):
+            current, metrics = step(current, idx[i], mask[i])
+        return jax.block_until_ready(metrics)
+
+    return {"scan, XLA convolutions": scanned(xla), "Python, XLA convolutions": from_python,
+            "scan, as matmuls": scanned(state)}
+
+
+def measure(name, n_steps, repeats):
+    build, batch_size, tx = MODELS[name]
+    rows = []
+    for way, run in ways(build(), tx, batch_size, n_steps).items():
+        start = time.perf_counter()
+        run()  # compiles
+        compile_s = time.perf_counter() - start
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) / n_steps)
+        rows.append({"model": name, "batch": batch_size, "way": way,
+                     "seconds_per_step": statistics.median(times), "first_call_s": compile_s})
+    chosen = rows[-1]["seconds_per_step"]
+    for row in rows:
+        row["speed_vs_chosen"] = chosen / row["seconds_per_step"]
+        print(f"{name:10s} batch {row['batch']:4d}  {row['way']:26s} "
+              f"{row['seconds_per_step']:8.3f} s/step  {row['batch'] / row['seconds_per_step']:8,.0f}"
+              f" img/s  x{row['speed_vs_chosen']:.2f} of as matmuls  (first call "
+              f"{row['first_call_s']:.1f} s)", flush=True)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--steps", type=int, default=5, help="steps a timed pass trains")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per way (median)")
+    p.add_argument("--json", help="also write the rows to this file")
+    args = p.parse_args(argv)
+    print(f"{jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}; "
+          f"jax {jax.__version__}", flush=True)
+    rows = [row for name in args.models for row in measure(name, args.steps, args.repeats)]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
