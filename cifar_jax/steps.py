@@ -1,6 +1,7 @@
 """The pure train and eval steps, and the compiled loops that run them over batches."""
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -53,6 +54,32 @@ def _metrics(logits, losses, batch):
     return {"loss_sum": (losses * mask).sum(),
             "correct": ((logits.argmax(-1) == batch["label"]) * mask).sum(),
             "count": mask.sum()}
+
+
+# A per-example loss this far above a uniform guess's (ln 10) does not come back: a training
+# loop reports the first step whose loss reaches it (NaN too), and the run stops as for NaN.
+DIVERGED_LOSS = 100 * math.log(10)
+
+
+def _no_sums():
+    """The sums of no step: what `_summed` adds a loop's steps to."""
+    zero = jnp.zeros((), jnp.float32)
+    return {"loss_sum": zero, "loss_sum_low": zero, "correct": zero, "count": zero}
+
+
+def _summed(sums, metrics):
+    """`sums` with one step's metric sums added. A loop keeps its steps' sums in its carry, not
+    as a stacked output: XLA:CPU since jaxlib 0.11.1 rewrites the whole stack for each small
+    write inside a loop (jax-ml/jax#40101). The counts add exactly (whole numbers in float32);
+    the loss sums with their rounding error kept apart (Neumaier's compensated summation):
+    `loss_sum + loss_sum_low`, taken in float64 (`summarise`), is their float64 sum to about
+    1e-14, as when each step's was summed on the host."""
+    total, x = sums["loss_sum"], metrics["loss_sum"]
+    new = total + x
+    low = jnp.where(jnp.abs(total) >= jnp.abs(x), (total - new) + x, (x - new) + total)
+    return {"loss_sum": new, "loss_sum_low": sums["loss_sum_low"] + low,
+            "correct": sums["correct"] + metrics["correct"],
+            "count": sums["count"] + metrics["count"]}
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
@@ -147,13 +174,22 @@ def _train_batches(state, images, labels, idx, mask, key, epoch=0):
     """`train_step` over the batches `images[idx[k]]`, k = 0.. as one compiled `lax.scan`.
 
     The data stays on the device and no Python runs between steps. `key`: the run's key;
-    `epoch`: 0-based, for the alternating flip. Returns the new state and the per-step metrics
-    stacked along a leading axis.
+    `epoch`: 0-based, for the alternating flip. Returns the new state and the steps' metric
+    sums (`_summed`), with `first_diverged`, the first step (0-based) whose loss per example
+    is not below DIVERGED_LOSS (-1 where none; NaN counts), and `diverged_loss`, that loss.
     """
-    def body(state, batch_idx):
-        return train_step(state, {**_gather(images, labels, *batch_idx), "epoch": epoch}, key)
+    def body(carry, batch_idx):
+        state, sums, first, value, i = carry
+        state, metrics = train_step(state, {**_gather(images, labels, *batch_idx),
+                                            "epoch": epoch}, key)
+        loss = metrics["loss_sum"] / metrics["count"]  # per example, for a "sum" loss too
+        new = (first < 0) & ~(loss <= DIVERGED_LOSS)
+        return (state, _summed(sums, metrics), jnp.where(new, i, first),
+                jnp.where(new, loss, value), i + 1), None
 
-    return jax.lax.scan(body, state, (idx, mask))
+    start = (state, _no_sums(), jnp.int32(-1), jnp.float32(0), jnp.int32(0))
+    state, sums, first, value, _ = jax.lax.scan(body, start, (idx, mask))[0]
+    return state, {**sums, "first_diverged": first, "diverged_loss": value}
 
 
 train_batches = jax.jit(_train_batches, donate_argnums=0)
@@ -189,16 +225,17 @@ def train_batches_stacked():
 
 
 def _eval_batches(state, images, labels, idx, mask, tta=0):
-    def body(carry, batch_idx):
-        return carry, eval_step(state, _gather(images, labels, *batch_idx), tta)
+    def body(sums, batch_idx):
+        metrics, predicted = eval_step(state, _gather(images, labels, *batch_idx), tta)
+        return _summed(sums, metrics), predicted
 
-    return jax.lax.scan(body, None, (idx, mask))[1]
+    return jax.lax.scan(body, _no_sums(), (idx, mask))
 
 
 @functools.partial(jax.jit, static_argnames="tta")
 def eval_batches(state, images, labels, idx, mask, tta=0):
-    """`eval_step` over the batches `images[idx[k]]`: stacked metric sums and predictions; for
-    a stacked state, each model's, along a leading axis."""
+    """`eval_step` over the batches `images[idx[k]]`: the metric sums (`_summed`) and the
+    predictions, stacked by batch; for a stacked state, each model's, along a leading axis."""
     if state.step.ndim:
         return jax.vmap(lambda s: _eval_batches(s, images, labels, idx, mask, tta))(state)
     return _eval_batches(state, images, labels, idx, mask, tta)
@@ -208,23 +245,24 @@ def eval_batches(state, images, labels, idx, mask, tta=0):
 def ensemble_batches(state, images, labels, idx, mask, tta=0):
     """As `eval_batches`, for the ensemble of a stacked state's models: the mean of their
     softmaxes (each with test-time augmentation `tta`) is its prediction."""
-    def body(carry, batch_idx):
+    def body(sums, batch_idx):
         batch = _gather(images, labels, *batch_idx)
         x = to_float(batch["image"])
         probs = jax.vmap(lambda s: jax.nn.softmax(tta_logits(s.apply_fn, s.variables, x, tta)))(
             state).mean(0)
         losses = -jnp.log(jnp.take_along_axis(probs, batch["label"][:, None], 1)[:, 0])
-        return carry, (_metrics(probs, losses, batch), probs.argmax(-1))
+        return _summed(sums, _metrics(probs, losses, batch)), probs.argmax(-1)
 
-    return jax.lax.scan(body, None, (idx, mask))[1]
+    return jax.lax.scan(body, _no_sums(), (idx, mask))
 
 
 def summarise(metrics):
-    """Per-step metric sums (a stacked dict, or a list of them) -> {"loss", "accuracy"} floats."""
+    """Metric sums (a dict of a loop's, or a list of them; a step's, or per-step sums stacked)
+    -> {"loss", "accuracy"} floats."""
     chunks = jax.device_get(metrics if isinstance(metrics, list) else [metrics])
-    totals = {key: sum(float(np.sum(chunk[key], dtype=np.float64)) for chunk in chunks)
-              for key in chunks[0]}
-    return {"loss": totals["loss_sum"] / totals["count"],
+    totals = {key: sum(float(np.sum(chunk.get(key, 0), dtype=np.float64)) for chunk in chunks)
+              for key in ("loss_sum", "loss_sum_low", "correct", "count")}
+    return {"loss": (totals["loss_sum"] + totals["loss_sum_low"]) / totals["count"],
             "accuracy": totals["correct"] / totals["count"]}
 
 

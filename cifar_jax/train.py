@@ -54,10 +54,6 @@ def describe_devices():
     return f"{jax.default_backend()}, {n} device{'s' if n != 1 else ''}"
 
 
-# A per-example loss this far above a uniform guess's (ln 10) does not come back: stop as for NaN.
-DIVERGED_LOSS = 100 * math.log(10)
-
-
 class TrainingError(RuntimeError):
     """Training cannot go on (the loss diverged); the message says where and what to do."""
 
@@ -96,10 +92,10 @@ def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, fi
     PROGRESS_UPDATES-th of it, each moving the bar. For a stacked state (N models), `idx`,
     `mask` and `key` have a leading model axis; `members` names the models.
 
-    Returns (state, each call's per-step metrics as numpy, batches done): fewer than the epoch's
+    Returns (state, each call's metric sums as numpy, batches done): fewer than the epoch's
     when `stop` was set, which is looked at before each call. A loss that is not finite, or is
-    above DIVERGED_LOSS, raises TrainingError naming the step it first showed up in; in a
-    sweep (`diverged`, a set), where a point's value may well be too large, the models it
+    above `steps.DIVERGED_LOSS`, raises TrainingError naming the step it first showed up in; in
+    a sweep (`diverged`, a set), where a point's value may well be too large, the models it
     happens to are added to `diverged` and the others train on, unless all have diverged (and
     not `all_may`: a program of a sweep of several, whose other programs train on).
     """
@@ -116,19 +112,20 @@ def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, fi
             state, metrics = train_batches(state, images, labels, idx[..., part, :],
                                            mask[..., part, :], key, epoch - 1)
             metrics = jax.device_get(metrics)
-            losses = metrics["loss_sum"] / metrics["count"]  # per example, for a "sum" loss too
-            bad = ~(losses <= DIVERGED_LOSS)  # NaN too
-            if bad.any() and diverged is not None and (all_may or not bad.any(-1).all()):
-                diverged.update(np.flatnonzero(bad.any(-1)))
+            first = np.asarray(metrics["first_diverged"])  # [] or, stacked, [models]
+            bad = first >= 0
+            if bad.any() and diverged is not None and (all_may or not bad.all()):
+                diverged.update(np.flatnonzero(bad))
             elif bad.any():
-                i, *model = np.argwhere(np.moveaxis(bad, -1, 0))[0]  # first step, model
-                value = losses[(*model, i)]
+                model = np.unravel_index(np.argmin(np.where(bad, first, n_steps)), first.shape)
+                value = float(np.asarray(metrics["diverged_loss"])[model])
                 how = (f"reached {value:.4g} (over 100 x ln 10)" if np.isfinite(value)
                        else f"became {value}")
                 which = f" ({members[model[0] if model else 0]})" if members else ""
-                raise TrainingError(f"loss {how}{which} at {desc}, step {start + i + 1}/{n_steps}")
+                raise TrainingError(f"loss {how}{which} at {desc}, step "
+                                    f"{start + int(first[model]) + 1}/{n_steps}")
             chunks.append(metrics)
-            bar.update(losses.shape[-1])
+            bar.update(idx[..., part, :].shape[-2])
     return state, chunks, n_steps
 
 

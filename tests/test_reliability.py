@@ -278,7 +278,7 @@ def test_a_nan_loss_names_its_step(mock_cifar10, tmp_path, monkeypatch):
     def nan_at_step_5(state, *args):  # one step per call: 3 batches, 20 calls at most
         state, metrics = real(state, *args)
         if int(state.step) == 5:
-            metrics = {**metrics, "loss_sum": metrics["loss_sum"].at[0].set(np.nan)}
+            metrics = {**metrics, "first_diverged": np.int32(0), "diverged_loss": np.nan}
         return state, metrics
 
     monkeypatch.setattr(steps, "train_batches", nan_at_step_5)
