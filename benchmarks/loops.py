@@ -4,11 +4,13 @@ matmuls on the CPU, and keep the whole epoch in one scanned program).
 
     python -m benchmarks.loops [--models plain kernels cnn resnet8 airbench94] [--json out.json]
 
-For each model, cifar_jax's own train step (`steps.train_step`) on synthetic data, three ways:
+For each model, cifar_jax's own train step (`steps.train_step`) on synthetic data, four ways:
 
     scan, XLA convolutions     the steps in one compiled `lax.scan` (how an epoch runs), the
                                model's convolutions XLA's own: how cifar_jax ran before
     Python, XLA convolutions   one compiled step, called from Python for each batch
+    4 unrolled, XLA convs      four steps unrolled into one compiled program (no loop), called
+                               from Python
     scan, as matmuls           the scan, the model's XLA convolutions computed by
                                `ops.conv_as_matmul` (`ops.convolutions_as_matmuls`): how the
                                steps run a model now on the CPU
@@ -72,6 +74,9 @@ MODELS = {
 }
 
 
+UNROLLED = 4  # steps in one program without a loop
+
+
 class XlaConvolutions(train_state.TrainState):
     """A train state whose model runs as written: its convolutions XLA's own."""
 
@@ -92,21 +97,29 @@ def ways(model, tx, batch_size, n_steps):
     key = jax.random.key(1)
     scan = jax.jit(steps._train_batches)  # no donation: every pass starts from the same state
 
-    @jax.jit
     def step(state, idx, mask):  # the batch gathered on the device, as the scan does
         return steps.train_step(state, {**steps._gather(images, labels, idx, mask), "epoch": 0},
                                 key)
 
+    @jax.jit
+    def unrolled(state, idx, mask):  # the steps one after the other in the program, no loop
+        for i in range(len(idx)):
+            state, metrics = step(state, idx[i], mask[i])
+        return state, metrics
+
     def scanned(state):
         return lambda: jax.block_until_ready(scan(state, images, labels, idx, mask, key))
 
-    def from_python():
-        current = xla
-        for i in range(n_steps):
-            current, metrics = step(current, idx[i], mask[i])
-        return jax.block_until_ready(metrics)
+    def from_python(k):
+        def run():
+            current = xla
+            for i in range(0, n_steps, k):
+                current, metrics = unrolled(current, idx[i:i + k], mask[i:i + k])
+            return jax.block_until_ready(metrics)
+        return run
 
-    return {"scan, XLA convolutions": scanned(xla), "Python, XLA convolutions": from_python,
+    return {"scan, XLA convolutions": scanned(xla), "Python, XLA convolutions": from_python(1),
+            f"{UNROLLED} unrolled, XLA convs": from_python(UNROLLED),
             "scan, as matmuls": scanned(state)}
 
 
@@ -137,7 +150,8 @@ def measure(name, n_steps, repeats):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--steps", type=int, default=5, help="steps a timed pass trains")
+    p.add_argument("--steps", type=int, default=8, help="steps a timed pass trains (a multiple "
+                   f"of {UNROLLED})")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per way (median)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
