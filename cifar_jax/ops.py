@@ -4,7 +4,8 @@ Models take them as fields (`conv=...`) or call them in place of the plain opera
 check each against the plain form, gradients included. All are exact in exact arithmetic;
 all but `conv_winograd` also round as the plain form does, up to the order of a sum.
 A model needs none of them to be fast on the CPU: the train and eval steps run every model
-through `for_backend`, which computes its XLA convolutions with `conv_as_matmul` there.
+through `for_backend`, which computes its XLA convolutions with `conv_as_matmul` there. The
+train step takes its gradients through `sums_in_float32` (half-precision sums in float32).
 Measured gains: benchmarks/README.md, docs/results.md.
 """
 
@@ -258,7 +259,25 @@ def convolutions_as_matmuls(fn):
     and plain JAX's alike) computed by `conv_as_matmul` instead: the same values and
     gradients, rounded as `conv_as_matmul` rounds them. Convolutions inside a nested jit are
     replaced too; those inside a loop, a branch or a remat of `fn` itself are left to XLA.
-    Arguments that are not arrays (train=True, Flax's `mutable`) are passed on as they are."""
+    Arguments that are not arrays (train=True, Flax's `mutable`) are passed on as they are.
+    A function with no XLA convolution runs as it is."""
+    return _rewritten(fn, {_CONV: (lambda eqn: eqn.params["batch_group_count"] == 1,
+                                   _conv_by_matmul)})
+
+
+def _conv_by_matmul(params, lhs, rhs):
+    return conv_as_matmul(
+        lhs, rhs, params["window_strides"], params["padding"],
+        lhs_dilation=params["lhs_dilation"], rhs_dilation=params["rhs_dilation"],
+        dimension_numbers=params["dimension_numbers"],
+        feature_group_count=params["feature_group_count"], precision=params["precision"],
+        preferred_element_type=params["preferred_element_type"])
+
+
+def _rewritten(fn, rules):
+    """`fn`, traced to a jaxpr and evaluated again with the equations that `rules` take
+    computed by them: `rules[primitive name] = (takes(eqn), compute(params, *inputs))`, one
+    output. Non-array arguments are passed on as they are."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
         leaves, tree = jax.tree.flatten((args, kwargs))
@@ -273,10 +292,10 @@ def convolutions_as_matmuls(fn):
 
         arrays = [leaves[i] for i in where]
         closed, shape = jax.make_jaxpr(on_arrays, return_shape=True)(*arrays)
-        if not _convolves(closed.jaxpr):
+        if not _uses(closed.jaxpr, rules):
             return fn(*args, **kwargs)
         return jax.tree.unflatten(jax.tree.structure(shape),
-                                  _evaluate(closed.jaxpr, closed.consts, *arrays))
+                                  _evaluate(closed.jaxpr, closed.consts, rules, *arrays))
 
     return run
 
@@ -291,16 +310,20 @@ def _inner(eqn):
     return (inner.jaxpr, inner.consts) if hasattr(inner, "jaxpr") else (inner, ())
 
 
-def _convolves(jaxpr):
-    """Whether `jaxpr` computes an XLA convolution (in a nested call too)."""
-    return any(eqn.primitive.name == _CONV
-               or (eqn.primitive.name in _CALLS and _convolves(_inner(eqn)[0]))
+def _uses(jaxpr, rules):
+    """Whether `jaxpr` computes a primitive that `rules` names (in a nested call too)."""
+    return any(_takes(eqn, rules)
+               or (eqn.primitive.name in _CALLS and _uses(_inner(eqn)[0], rules))
                for eqn in jaxpr.eqns)
 
 
-def _evaluate(jaxpr, consts, *args):
-    """`jaxpr`'s outputs on `args`, as `jax.core.eval_jaxpr` computes them, but for its
-    convolutions, computed by `conv_as_matmul`."""
+def _takes(eqn, rules):
+    return eqn.primitive.name in rules and rules[eqn.primitive.name][0](eqn)
+
+
+def _evaluate(jaxpr, consts, rules, *args):
+    """`jaxpr`'s outputs on `args`, as `jax.core.eval_jaxpr` computes them, but for the
+    equations that `rules` compute."""
     env = dict(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
 
@@ -308,16 +331,11 @@ def _evaluate(jaxpr, consts, *args):
         return var.val if isinstance(var, jex.core.Literal) else env[var]
 
     for eqn in jaxpr.eqns:
-        inputs, params = [read(var) for var in eqn.invars], eqn.params
-        if eqn.primitive.name == _CONV and params["batch_group_count"] == 1:
-            outputs = [conv_as_matmul(
-                *inputs, params["window_strides"], params["padding"],
-                lhs_dilation=params["lhs_dilation"], rhs_dilation=params["rhs_dilation"],
-                dimension_numbers=params["dimension_numbers"],
-                feature_group_count=params["feature_group_count"], precision=params["precision"],
-                preferred_element_type=params["preferred_element_type"])]
-        elif eqn.primitive.name in _CALLS and _convolves(_inner(eqn)[0]):
-            outputs = _evaluate(*_inner(eqn), *inputs)
+        inputs, params, name = [read(var) for var in eqn.invars], eqn.params, eqn.primitive.name
+        if _takes(eqn, rules):
+            outputs = [rules[name][1](params, *inputs)]
+        elif name in _CALLS and _uses(_inner(eqn)[0], rules):
+            outputs = _evaluate(*_inner(eqn), rules, *inputs)
         else:  # as traced, in the context it was traced in (its PRNG's implementation, ...)
             bind = eqn.primitive.get_bind_params(params)
             subfunctions, bind = bind if isinstance(bind, tuple) else ((), bind)  # older JAX
@@ -327,6 +345,35 @@ def _evaluate(jaxpr, consts, *args):
                 outputs = [outputs]
         env.update(zip(eqn.outvars, outputs))
     return [read(var) for var in jaxpr.outvars]
+
+
+# --------------------------------------------------------------------------------------------
+# Sums of half-precision numbers in float32
+#
+# XLA:CPU adds up a bfloat16 `reduce_sum` in bfloat16: 2000 x 31 x 31 ones summed over their
+# first three axes came to 16,128, not 1,922,000. Autodiff emits exactly such a sum for the
+# gradient of every broadcast operand: a bias added to a [B, H, W, C] activation in bfloat16
+# (Flax's nn.Conv with dtype=bfloat16) gets its gradient from a sum over B x H x W positions.
+# airbench94_muon's whitening bias (2000 x 31 x 31 of them) got a gradient 5x off in norm,
+# its running statistics drifted from its batch statistics, and its bfloat16 runs evaluated at
+# 0.16 against float32's 0.53 while training alike. `jnp.sum` already accumulates half
+# precision in float32; `sums_in_float32` makes every `reduce_sum` of a step do so too.
+# --------------------------------------------------------------------------------------------
+
+_HALF = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def sums_in_float32(fn):
+    """`fn` with every `lax.reduce_sum` of bfloat16 or float16 numbers it computes (those of
+    its gradients too, when `fn` takes them) accumulated in float32 and rounded once to the
+    half type at the end, as `jnp.sum` does. Nested jits too; loops, branches and remats of
+    `fn` itself are left as they are. Functions without such a sum run as they are."""
+    return _rewritten(fn, {"reduce_sum": (lambda eqn: eqn.invars[0].aval.dtype in _HALF,
+                                          _sum_in_float32)})
+
+
+def _sum_in_float32(params, x):
+    return lax.reduce_sum(x.astype(jnp.float32), params["axes"]).astype(x.dtype)
 
 
 def default_conv(winograd=False):

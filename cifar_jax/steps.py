@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cifar_jax import augment, optim
+from cifar_jax import augment, ops, optim
 from cifar_jax.data import to_float
 from cifar_jax.registry import lookup
 
@@ -122,8 +122,10 @@ def train_step(state, batch, key):
             loss = loss / batch["mask"].sum()
         return loss, (logits, losses, updates.get("batch_stats", {}))
 
-    (_, (logits, losses, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    # In half precision, the gradient's sums (a bias's, over every position) accumulate in
+    # float32: XLA:CPU would add them up in bfloat16 (`ops.sums_in_float32`).
+    (_, (logits, losses, batch_stats)), grads = ops.sums_in_float32(
+        jax.value_and_grad(loss_fn, has_aux=True))(state.params)
     new = state.apply_gradients(grads, batch_stats)
     if recipe.lookahead_steps:
         ema, current = optim.lookahead_step(new.ema, new.variables, new.step,
