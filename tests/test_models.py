@@ -11,7 +11,6 @@ from jax import lax
 
 from cifar_jax import ops, steps
 from cifar_jax.models import CNN, MLP
-from cifar_jax.state import create
 from cifar_jax.ops import (
     conv_as_matmul,
     conv_winograd,
@@ -19,6 +18,7 @@ from cifar_jax.ops import (
     max_pool_2x2,
     same_padding_for_pool,
 )
+from cifar_jax.state import create
 
 
 def n_params(params):
