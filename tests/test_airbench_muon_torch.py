@@ -84,14 +84,14 @@ def test_optimizers_step_as_the_jax_recipe():
     import jax
     import optax
 
-    from cifar_jax.recipes import airbench94_muon as recipe
+    from cifar_jax.optim import muon as muon_optim
 
     torch.manual_seed(0)
     net = abm.make_net(CPU, widths=(8, 16, 16))
     total, whiten_steps, batch = 5, 3, 2000
     optimizers = abm.make_optimizers(net, batch)
     params = _flax_tree(net)
-    tx = recipe.muon(batch_size=batch, total_steps=total, steps_per_epoch=1)
+    tx = muon_optim.muon(batch_size=batch, total_steps=total, steps_per_epoch=1)
     state = tx.init(params)
     update = jax.jit(tx.update)
     rng = np.random.default_rng(0)

@@ -260,7 +260,7 @@ def test_pieces_get_their_own_settings_and_what_the_run_gives_them(mypieces):
 def test_registering_says_what_is_wrong():
     cifar_jax.register_optimizer("adam", REGISTRY["optimizer"]["adam"].obj)  # the same: fine
     with pytest.raises(ValueError, match=r"^optimizer 'adam' is registered already \(as "
-                                         r"cifar_jax.recipes.tutorial:adam\): choose another name$"):
+                                         r"cifar_jax.optim.tutorial:adam\): choose another name$"):
         cifar_jax.register_optimizer("adam", optax.adam)
     with pytest.raises(ValueError, match="the name must be a word without ':'"):
         cifar_jax.register_loss("my:loss", lambda logits, labels: logits)

@@ -17,8 +17,9 @@ from cifar_jax import data, register_model, registry, train
 from cifar_jax import state as train_state
 from cifar_jax.cli import config_overrides
 from cifar_jax.config import Config, ConfigError
-from cifar_jax.models.airbench import AirbenchNet, whitening_kernel
-from cifar_jax.recipes import airbench94_muon as recipe
+from cifar_jax.models.airbench import AirbenchMuonNet, AirbenchNet, whitening_kernel
+from cifar_jax.optim import muon as muon_optim
+from cifar_jax.recipes.airbench94_muon import airbench94_muon
 from cifar_jax.registry import REGISTRY
 from cifar_jax.run import load_state
 from cifar_jax.train import train_and_evaluate
@@ -84,7 +85,7 @@ def test_muon_matches_the_original_step_by_step():
     rng = np.random.default_rng(0)
     params = small_params(rng)
     total, batch = 6, 2000  # stem bias: ceil(3 * 1) = 3 steps, then frozen
-    tx = recipe.muon(batch_size=batch, total_steps=total, steps_per_epoch=1)
+    tx = muon_optim.muon(batch_size=batch, total_steps=total, steps_per_epoch=1)
     state = tx.init(params)
     step = jax.jit(lambda g, s, p: tx.update(g, s, p))
     wd = 2e-6 * batch
@@ -132,7 +133,7 @@ def test_newton_schulz_is_the_originals_on_both_orientations():
     rng = np.random.default_rng(1)
     for shape in ((8, 36), (32, 18)):
         g = rng.standard_normal(shape).astype(np.float32)
-        np.testing.assert_allclose(recipe.newton_schulz(jnp.asarray(g)),
+        np.testing.assert_allclose(muon_optim.newton_schulz(jnp.asarray(g)),
                                    zeropower_via_newtonschulz5(g), rtol=1e-5, atol=1e-6)
 
 
@@ -140,7 +141,7 @@ def test_filters_are_renormalised_to_sqrt_out_before_the_step():
     """With a zero gradient the Muon update is zero: what is left is the renormalisation."""
     kernel = np.random.default_rng(2).standard_normal((3, 3, 4, 8)).astype(np.float32)
     params = {"conv": {"kernel": kernel}}
-    tx = recipe.muon(batch_size=1, total_steps=10, steps_per_epoch=1)
+    tx = muon_optim.muon(batch_size=1, total_steps=10, steps_per_epoch=1)
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     new = optax.apply_updates(params, updates)["conv"]["kernel"]
     assert float(jnp.linalg.norm(new)) == pytest.approx(math.sqrt(8), rel=1e-6)
@@ -149,7 +150,7 @@ def test_filters_are_renormalised_to_sqrt_out_before_the_step():
 
 def test_whiten_bias_epochs_zero_freezes_the_stem_bias():
     params = small_params(np.random.default_rng(3))
-    tx = recipe.muon(whiten_bias_epochs=0, batch_size=1, total_steps=4, steps_per_epoch=2)
+    tx = muon_optim.muon(whiten_bias_epochs=0, batch_size=1, total_steps=4, steps_per_epoch=2)
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     assert not np.any(updates["whiten"]["bias"]) and not np.any(updates["whiten"]["kernel"])
@@ -162,7 +163,7 @@ def test_newton_schulz_runs_in_the_runs_dtype():
     grads = jax.tree.map(lambda p: p + 1, params)
     updates = {}
     for dtype in ("float32", "bfloat16"):
-        tx = recipe.muon(dtype=dtype, batch_size=1, total_steps=4, steps_per_epoch=2)
+        tx = muon_optim.muon(dtype=dtype, batch_size=1, total_steps=4, steps_per_epoch=2)
         updates[dtype] = tx.update(grads, tx.init(params), params)[0]["group1"]["conv1"]["kernel"]
     assert updates["bfloat16"].dtype == jnp.float32
     assert not np.array_equal(updates["bfloat16"], updates["float32"])
@@ -174,7 +175,7 @@ def test_the_recipe_and_its_run_length():
     assert (config.optimizer, config.epochs, config.batch_size, config.drop_last) == (
         "muon", 8, 2000, True)
     assert (config.learning_rate, config.settings) == (0.24, {"loss.label_smoothing": 0.2})
-    muon = registry.settings_of("optimizer", recipe.muon)  # the rest are muon's own defaults
+    muon = registry.settings_of("optimizer", muon_optim.muon)  # the rest are muon's own defaults
     assert {name: s.default for name, s in muon.items()} == {
         "momentum": 0.6, "weight_decay": 2e-6, "whiten_bias_epochs": 3, "bias_lr": 0.053,
         "head_lr": 0.67, "sgd_momentum": 0.85, "ns_steps": 3}
@@ -191,7 +192,7 @@ def test_the_recipe_and_its_run_length():
 
 @pytest.fixture(scope="module")
 def net_and_variables():
-    net = recipe.airbench94_muon(jnp.float32)
+    net = airbench94_muon(jnp.float32)
     return net, jax.jit(lambda k: net.init(k, jnp.zeros((1, 32, 32, 3)), train=False))(
         jax.random.key(0))
 
@@ -231,7 +232,7 @@ def test_whitening_filters_in_the_originals_order(net_and_variables):
 
 def narrow_muon(dtype):
     """airbench94_muon's network, narrow, so that a test compiles in seconds."""
-    return recipe.AirbenchMuonNet(widths=(16, 32, 32), scaling_factor=1 / 32, dtype=dtype)
+    return AirbenchMuonNet(widths=(16, 32, 32), scaling_factor=1 / 32, dtype=dtype)
 
 
 def narrow_config(**overrides):
@@ -294,9 +295,9 @@ def test_the_sgd_groups_rates_are_muons_own_settings():
 def test_cnn_trains_with_muon(mock_cifar10, tmp_path):
     config = Config.for_model("cnn", optimizer="muon")
     params = train_state.from_config(config, jax.random.key(0), n_train=64).params
-    labels = recipe.muon_param_labels(params)
+    labels = muon_optim.muon_param_labels(params)
     assert (labels["Conv_0"]["kernel"], labels["Conv_0"]["bias"], labels["Dense_1"]["kernel"],
-            labels["Dense_1"]["bias"]) == (recipe.FILTERS, recipe.BIAS, recipe.HEAD, recipe.BIAS)
+            labels["Dense_1"]["bias"]) == (muon_optim.FILTERS, muon_optim.BIAS, muon_optim.HEAD, muon_optim.BIAS)
     assert train.main(["--model", "cnn", "--optimizer", "muon", "--epochs", "1", "--workdir",
                        str(tmp_path / "run"), "--no-progress", "--eval-batch-size", "32"]) == 0
     _, state, _ = load_state(str(tmp_path / "run"))

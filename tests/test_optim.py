@@ -1,4 +1,4 @@
-"""The airbench94 optimiser pieces (`cifar_jax.optim`) against transcriptions of the PyTorch
+"""The airbench94 optimiser pieces (`cifar_jax.optim`: nesterov, schedules, lookahead) against transcriptions of the PyTorch
 original (KellerJordan/cifar10-airbench, legacy/airbench94.py, `main()`), and against
 torch.optim.SGD itself where PyTorch is installed."""
 
@@ -9,8 +9,7 @@ import optax
 import pytest
 from flax.core import freeze
 
-from cifar_jax import optim
-from cifar_jax.recipes import airbench94
+from cifar_jax.optim import lookahead, nesterov, schedules
 
 TOTAL = 476  # the recipe's steps: ceil(48 * 9.9)
 
@@ -38,7 +37,7 @@ def get_lr(step, total_train_steps):
 
 
 def test_schedule_hand_values():
-    schedule = optim.warmup_decay_schedule(TOTAL)  # int(476 * 0.23) = 109 warm-up steps
+    schedule = schedules.warmup_decay_schedule(TOTAL)  # int(476 * 0.23) = 109 warm-up steps
     expected = {
         0: 0.2,
         1: 0.20733944954128442,  # 0.2 + 0.8 / 109
@@ -57,10 +56,10 @@ def test_schedule_matches_get_lr_every_step():
     for total in (TOTAL, 1, 4, 5, 100, 477):
         want = np.array([get_lr(step, total) for step in range(total + 1)])
         with jax.enable_x64(True):
-            got = np.asarray(optim.warmup_decay_schedule(total)(counts))[: total + 1]
+            got = np.asarray(schedules.warmup_decay_schedule(total)(counts))[: total + 1]
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15, err_msg=total)
         # float32, as it runs inside the optimiser by default
-        got32 = np.asarray(optim.warmup_decay_schedule(total)(counts))[: total + 1]
+        got32 = np.asarray(schedules.warmup_decay_schedule(total)(counts))[: total + 1]
         np.testing.assert_allclose(got32, want, rtol=2e-7, atol=1e-7, err_msg=total)
 
 
@@ -120,21 +119,21 @@ def flatten(tree, prefix=()):
 
 
 def test_labels():
-    assert optim.airbench_param_labels(random_tree(np.random.default_rng(0))) == EXPECTED_LABELS
+    assert nesterov.airbench_param_labels(random_tree(np.random.default_rng(0))) == EXPECTED_LABELS
     # Robust to the names the network may use: a {"params": ...} wrapper, a FrozenDict,
     # lower-case module names.
-    wrapped = optim.airbench_param_labels(freeze({"params": random_tree(np.random.default_rng(0))}))
+    wrapped = nesterov.airbench_param_labels(freeze({"params": random_tree(np.random.default_rng(0))}))
     assert wrapped["params"] == freeze(EXPECTED_LABELS)
-    assert optim.airbench_param_label(["block1", "norm1", "bias"]) == "norm_bias"
-    assert optim.airbench_param_label(["params", "whiten", "kernel"]) == "whiten_kernel"
-    assert optim.airbench_param_label(["head", "kernel"]) == "other"
+    assert nesterov.airbench_param_label(["block1", "norm1", "bias"]) == "norm_bias"
+    assert nesterov.airbench_param_label(["params", "whiten", "kernel"]) == "whiten_kernel"
+    assert nesterov.airbench_param_label(["head", "kernel"]) == "other"
 
 
 def test_the_airbench_network_has_all_four_groups():
     from cifar_jax.models import AirbenchNet
 
     shapes = jax.eval_shape(AirbenchNet().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    labels = optim.airbench_param_labels(shapes["params"])
+    labels = nesterov.airbench_param_labels(shapes["params"])
     assert labels["whiten"] == {"kernel": "whiten_kernel", "bias": "whiten_bias"}
     assert labels["group2"]["norm1"] == {"bias": "norm_bias"}
     assert labels["group3"]["conv2"] == {"kernel": "other"} and labels["head"] == {"kernel": "other"}
@@ -166,8 +165,8 @@ def torch_sgd_reference(params, grads_per_step, total, whiten_bias_steps):
 def nesterov_scheduled(total, steps_per_epoch=48, **settings):
     """The recipe's optimiser at its defaults (the original's hyperparameters; 48 steps an
     epoch: 50,000 // 1024) under the warmup_decay schedule, as a run builds it."""
-    tx = airbench94.nesterov(batch_size=1024, steps_per_epoch=steps_per_epoch, **settings)
-    return optim.scheduled(tx, "warmup_decay", total)
+    tx = nesterov.nesterov(batch_size=1024, steps_per_epoch=steps_per_epoch, **settings)
+    return schedules.scheduled(tx, "warmup_decay", total)
 
 
 def run_optax(params, grads_per_step, total, whiten_bias_steps, **kwargs):
@@ -297,9 +296,9 @@ def test_whiten_bias_default_is_three_epochs():
 def test_lookahead_decay():
     for step in (0, 5, 100, 475, 476):
         np.testing.assert_allclose(
-            float(optim.lookahead_decay(step, TOTAL)), 0.95**5 * (step / TOTAL) ** 3, rtol=1e-6
+            float(lookahead.lookahead_decay(step, TOTAL)), 0.95**5 * (step / TOTAL) ** 3, rtol=1e-6
         )
-    np.testing.assert_allclose(float(optim.lookahead_decay(TOTAL, TOTAL)), 0.7737809375, rtol=1e-7)
+    np.testing.assert_allclose(float(lookahead.lookahead_decay(TOTAL, TOTAL)), 0.7737809375, rtol=1e-7)
 
 
 def test_lookahead_update():
@@ -308,19 +307,19 @@ def test_lookahead_update():
            "h": rng.standard_normal(3).astype(jnp.bfloat16)}
     cur = {"w": rng.standard_normal(5).astype(np.float32), "n": np.int32(9),
            "h": rng.standard_normal(3).astype(jnp.bfloat16)}
-    new_ema, new_cur = optim.lookahead_update(ema, cur, 1.0)  # the final copy
+    new_ema, new_cur = lookahead.lookahead_update(ema, cur, 1.0)  # the final copy
     np.testing.assert_array_equal(new_ema["w"], ema["w"])
     np.testing.assert_array_equal(new_cur["w"], ema["w"])
-    new_ema, new_cur = optim.lookahead_update(ema, cur, 0.0)  # ema takes the model exactly
+    new_ema, new_cur = lookahead.lookahead_update(ema, cur, 0.0)  # ema takes the model exactly
     np.testing.assert_array_equal(new_ema["w"], cur["w"])
-    new_ema, new_cur = optim.lookahead_update(ema, cur, 0.3)
+    new_ema, new_cur = lookahead.lookahead_update(ema, cur, 0.3)
     np.testing.assert_allclose(new_ema["w"], ema["w"] + 0.7 * (cur["w"] - ema["w"]), rtol=1e-6)
     np.testing.assert_array_equal(new_cur["w"], new_ema["w"])
     assert int(new_ema["n"]) == 7 and int(new_cur["n"]) == 9  # not floating point: untouched
     assert new_ema["h"].dtype == jnp.bfloat16 and new_cur["h"].dtype == jnp.bfloat16
     with jax.enable_x64(True):  # float64 leaves stay float64
         e64, c64 = ema["w"].astype(np.float64), cur["w"].astype(np.float64)
-        new_ema, _ = optim.lookahead_update(e64, c64, 0.25)
+        new_ema, _ = lookahead.lookahead_update(e64, c64, 0.25)
         np.testing.assert_allclose(new_ema, e64 + 0.75 * (c64 - e64), rtol=1e-15)
 
 
@@ -343,7 +342,7 @@ def test_lookahead_step_matches_original_loop(total):
 
     ref_ema, ref_cur = dict(flatten(tree)), dict(flatten(tree))
     ema, cur = tree, tree
-    step_fn = jax.jit(optim.lookahead_step, static_argnames=("total_steps", "every"))
+    step_fn = jax.jit(lookahead.lookahead_step, static_argnames=("total_steps", "every"))
     for current_steps in range(1, total + 1):  # after each optimiser step
         noise = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in ref_cur.items()}
         ref_cur = {k: v + noise[k] for k, v in ref_cur.items()}

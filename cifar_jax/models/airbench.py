@@ -22,6 +22,7 @@ replaced from the data with `init_whitening` (`AirbenchNet.init_from_data`, whic
 train state applies).
 """
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -127,7 +128,7 @@ class AirbenchNet(nn.Module):
     dtype: Any = jnp.float32
     conv: Callable = lax.conv_general_dilated
     # Initialisers of the stem's bias and of the head's kernel (airbench94: zero, and PyTorch's
-    # default); airbench94_muon changes both (`cifar_jax/recipes/airbench94_muon.py`).
+    # default); airbench94_muon changes both (`AirbenchMuonNet`).
     whiten_bias_init: Callable = nn.initializers.zeros
     head_init: Callable = torch_default_init
 
@@ -152,6 +153,46 @@ class AirbenchNet(nn.Module):
         """The whitening stem's filters, from the first 5,000 training `images` (uint8), as the
         original's `init_whitening_conv(..., train_images[:5000])`."""
         return init_whitening(variables, images[:5000])
+
+
+def torch_conv_bias_init(key, shape, dtype=jnp.float32):
+    """The stem's bias as PyTorch's nn.Conv2d(3, 24, 2) draws it: U(-1/sqrt(fan_in), +...),
+    fan_in = 3 * 2 * 2 = 12."""
+    bound = 1 / math.sqrt(12)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def unit_std_head_init(key, shape, dtype=jnp.float32):
+    """PyTorch's default Linear init, then `w *= 1 / w.std()` (torch's std: unbiased)."""
+    kernel = torch_default_init(key, shape, dtype)
+    return kernel / jnp.std(kernel, ddof=1)
+
+
+class AirbenchMuonNet(AirbenchNet):
+    """airbench94's network as airbench94_muon changes it (KellerJordan/cifar10-airbench,
+    `airbench94_muon.py`): the head's logits divided by its width (x 1/256, not x 1/9), the
+    head's kernel rescaled to unit std at init, the stem's bias drawn as PyTorch's Conv2d
+    default, and the whitening filters in the original's order.
+
+    `scaling_factor` is 1 / the head's input width: pass 1 / widths[-1] with other widths.
+    """
+
+    scaling_factor: float = 1 / 256
+    whiten_bias_init: Callable = torch_conv_bias_init
+    head_init: Callable = unit_std_head_init
+
+    @nn.nowrap
+    def init_from_data(self, variables, images):
+        """The stem's filters from the first 5,000 training `images` (uint8), in the original's
+        order: eigenvalues ascending (the 12 filters, then their 12 negations). `init_whitening`
+        gives them largest first, as airbench94's legacy code; reversing each half is the
+        original's order, as no eigenvalue is repeated."""
+        variables = init_whitening(variables, images[:5000])
+        kernel = variables["params"]["whiten"]["kernel"]
+        half = kernel.shape[-1] // 2
+        kernel = jnp.concatenate([kernel[..., half - 1::-1], kernel[..., :half - 1:-1]], axis=-1)
+        params = variables["params"]
+        return {**variables, "params": {**params, "whiten": {**params["whiten"], "kernel": kernel}}}
 
 
 @jax.jit

@@ -3,7 +3,8 @@ test accuracy in 3.83 s on an A100, in PyTorch; here part for part in JAX.
 
     network     `AirbenchNet`: whitening stem from the first 5,000 training images (frozen;
                 its bias trains 3 epochs), 3 conv groups with BatchNorm and GELU, 1.97 M params
-    optimiser   `nesterov` below: Nesterov SGD, coupled weight decay, BatchNorm biases 64x
+    optimiser   `nesterov` (`cifar_jax/optim/nesterov.py`): Nesterov SGD, coupled weight
+                decay, BatchNorm biases 64x
     schedule    linear warm-up from 0.2x over 23% of the steps, then linear decay to 0.07x;
                 lookahead every 5 steps
     data        batch 1024, the last partial batch dropped, 9.9 epochs; alternating flip and
@@ -11,22 +12,9 @@ test accuracy in 3.83 s on an A100, in PyTorch; here part for part in JAX.
     loss        cross-entropy with label smoothing 0.2, summed over the batch
 """
 
-from cifar_jax import ops, optim, register_model, register_optimizer
+from cifar_jax import ops, register_model, register_optimizer
 from cifar_jax.models.airbench import AirbenchNet
-
-
-def nesterov(learning_rate=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler=64.0,
-             whiten_bias_epochs: float = 3, *, batch_size, steps_per_epoch):
-    """airbench's optimiser (`optim.airbench_sgd`) in its own units:
-    learning_rate   per 1024 examples of the summed loss, decoupled from the momentum
-    momentum        Nesterov momentum
-    weight_decay    per 1024 examples, decoupled from the learning rate
-    bias_scaler     BatchNorm biases learn this many times faster
-    whiten_bias_epochs  epochs the whitening stem's bias trains (then it is frozen)
-    """
-    return optim.airbench_sgd(lr=learning_rate, momentum=momentum, weight_decay=weight_decay,
-                              batch_size=batch_size, bias_scaler=bias_scaler,
-                              whiten_bias_steps=round(whiten_bias_epochs * steps_per_epoch))
+from cifar_jax.optim.nesterov import nesterov
 
 
 def airbench94(dtype):

@@ -1,16 +1,16 @@
 """airbench94_muon (Keller Jordan, KellerJordan/cifar10-airbench, `airbench94_muon.py`): 94.01%
 mean test accuracy (n=200) in 2.59 s on an A100, in PyTorch; here through cifar_jax's public API.
 
-    network     `AirbenchMuonNet`: airbench94's network (`AirbenchNet`, 1,971,640 params) with
-                the head's logits divided by its width (x 1/256, not x 1/9), the head's kernel
+    network     `AirbenchMuonNet` (`cifar_jax/models/airbench.py`): airbench94's network
+                (`AirbenchNet`, 1,971,640 params) with the head's logits divided by its width (x 1/256, not x 1/9), the head's kernel
                 rescaled to unit std at init, and the stem's bias drawn as PyTorch's Conv2d
                 default, U(-1/sqrt(12), 1/sqrt(12)), not zero (the original builds the stem
                 with a plain nn.Conv2d now). Stem from the first 5,000 training images, its
                 filters frozen, its bias trained for the first 3 epochs only; BatchNorm momentum
                 0.6 (weight of the old statistics), eps 1e-12, scale fixed at 1; exact GELU;
                 widths 64, 256, 256; convolutions PyTorch-default then identity ("dirac").
-    optimiser   `muon` below: Muon (momentum 0.6, lr 0.24) on the trained 4-D kernels; Nesterov
-                SGD (momentum 0.85) with coupled decay on the rest: the stem bias and the
+    optimiser   `muon` (`cifar_jax/optim/muon.py`): Muon (momentum 0.6, lr 0.24) on the
+                trained 4-D kernels; Nesterov SGD (momentum 0.85) with coupled decay on the rest: the stem bias and the
                 BatchNorm biases at lr 0.053, the head at lr 0.67
     schedule    every lr falls linearly from full to zero over the run, the stem bias's over
                 its first ceil(3 x 25) steps (both inside the optimiser: the run's --schedule
@@ -19,16 +19,6 @@ mean test accuracy (n=200) in 2.59 s on an A100, in PyTorch; here through cifar_
                 steps; alternating flip and 2-pixel reflect translation; 6-view test-time
                 augmentation at the end
     loss        cross-entropy with label smoothing 0.2, summed over the batch
-
-Muon, per filter tensor W (the original's `Muon.step`, PyTorch layout [out, in, kh, kw]):
-    buf = 0.6 buf + g;  g' = g + 0.6 buf                   (Nesterov on the raw gradient)
-    W <- W * sqrt(out) / ||W||_F                            (renormalised before the step)
-    W <- W - lr_t * NS3(g' as [out, in*kh*kw])              (no weight decay, no shape factor)
-NS3: X = G / (||G||_F + 1e-7), transposed when out > in*kh*kw, then 3 times A = X X^T,
-X = 3.4445 X + (-4.7750 A + 2.0315 A A) X (`newton_schulz`). The original has no
-`max(1, rows/cols)**0.5` factor: the update is exactly lr_t times the NS output.
-`optax.contrib.muon` computes something else (an EMA momentum with bias correction, that shape
-factor, no renormalisation), so the pieces here are Optax's `trace`, `stateless`, `partition`.
 
 Run length: `--epochs E` is the original with 8 -> E, nothing else changed: total_steps =
 ceil(E x steps per epoch), every lr decays to zero over them; the stem bias still trains for
@@ -45,196 +35,15 @@ Where this port differs from the original, and why:
     eigenvalue (airbench94's legacy code puts the largest first).
 """
 
-import math
-from collections.abc import Callable
-
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import optax
-
-from cifar_jax import ops, optim, register_model, register_optimizer
-from cifar_jax.models.airbench import AirbenchNet, init_whitening, torch_default_init
-
-NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic's a, b, c
-NS_EPS = 1e-7
-
-# The parameter groups `muon` optimises apart (labels as `optim.airbench_param_label`'s).
-FILTERS = "filters"  # trained 4-D kernels: Muon
-BIAS = "bias"  # BatchNorm biases and any other bias: SGD at bias_lr
-HEAD = "head"  # everything else (airbench's head; a CNN's Dense kernels): SGD at head_lr
-
-
-# --- The network ------------------------------------------------------------------------------
-
-
-def _torch_conv_bias(key, shape, dtype=jnp.float32):
-    """The stem's bias as PyTorch's nn.Conv2d(3, 24, 2) draws it: U(-1/sqrt(fan_in), +...),
-    fan_in = 3 * 2 * 2 = 12."""
-    bound = 1 / math.sqrt(12)
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def _unit_std_head(key, shape, dtype=jnp.float32):
-    """PyTorch's default Linear init, then `w *= 1 / w.std()` (torch's std: unbiased)."""
-    kernel = torch_default_init(key, shape, dtype)
-    return kernel / jnp.std(kernel, ddof=1)
-
-
-class AirbenchMuonNet(AirbenchNet):
-    """airbench94's network as airbench94_muon changes it (see the module docstring).
-
-    `scaling_factor` is 1 / the head's input width: pass 1 / widths[-1] with other widths.
-    """
-
-    scaling_factor: float = 1 / 256
-    whiten_bias_init: Callable = _torch_conv_bias
-    head_init: Callable = _unit_std_head
-
-    @nn.nowrap
-    def init_from_data(self, variables, images):
-        """The stem's filters from the first 5,000 training `images` (uint8), in the original's
-        order: eigenvalues ascending (the 12 filters, then their 12 negations). `init_whitening`
-        gives them largest first, as airbench94's legacy code; reversing each half is the
-        original's order, as no eigenvalue is repeated."""
-        variables = init_whitening(variables, images[:5000])
-        kernel = variables["params"]["whiten"]["kernel"]
-        half = kernel.shape[-1] // 2
-        kernel = jnp.concatenate([kernel[..., half - 1::-1], kernel[..., :half - 1:-1]], axis=-1)
-        params = variables["params"]
-        return {**variables, "params": {**params, "whiten": {**params["whiten"], "kernel": kernel}}}
+from cifar_jax import ops, register_model, register_optimizer
+from cifar_jax.models.airbench import AirbenchMuonNet
+from cifar_jax.optim.muon import muon
 
 
 def airbench94_muon(dtype):
     # The convolution is a speed kernel chosen for the backend (`ops.default_conv`); on the
     # CPU its 3x3 convolutions by Winograd's F(2x2, 3x3), 4/9 of the multiplies.
     return AirbenchMuonNet(dtype=dtype, conv=ops.default_conv(winograd=True))
-
-
-# --- Muon ---------------------------------------------------------------------------------------
-
-
-def newton_schulz(g, steps=3, eps=NS_EPS):
-    """The original's `zeropower_via_newtonschulz5(G, steps)` on a matrix `g`, in g's dtype:
-    a quintic Newton-Schulz iteration that takes g's singular values towards ~1 (roughly U S' V^T
-    with S' in [0.5, 1.5], not exactly U V^T; see the original)."""
-    a, b, c = NS_COEFFICIENTS
-    x = g / (jnp.linalg.norm(g) + eps)  # Frobenius norm: top singular value <= 1
-    tall = g.shape[0] > g.shape[1]
-    if tall:  # iterate on the smaller Gram matrix
-        x = x.T
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if tall else x
-
-
-def _torch_matrix(kernel):
-    """A Flax HWIO kernel [kh, kw, in, out] as the original's matrix: its PyTorch OIHW filter
-    [out, in, kh, kw] reshaped to [out, in * kh * kw]."""
-    return kernel.transpose(3, 2, 0, 1).reshape(kernel.shape[3], -1)
-
-
-def _flax_kernel(matrix, shape):
-    """The inverse of `_torch_matrix` for a kernel of `shape` [kh, kw, in, out]."""
-    kh, kw, cin, cout = shape
-    return matrix.reshape(cout, cin, kh, kw).transpose(2, 3, 1, 0)
-
-
-def orthogonalize_filters(steps=3, dtype=jnp.float32):
-    """Each update (a 4-D HWIO kernel) replaced by `newton_schulz` of its PyTorch matrix,
-    computed in `dtype` and returned in the update's own."""
-
-    def orthogonalize(update):
-        matrix = newton_schulz(_torch_matrix(update).astype(dtype), steps)
-        return _flax_kernel(matrix, update.shape).astype(update.dtype)
-
-    return optax.stateless(lambda updates, params: jax.tree.map(orthogonalize, updates))
-
-
-def renormalize_filters():
-    """Adds to each (already lr-scaled) update `u` the original's renormalisation of the
-    parameter `p` before the step, `p <- p * sqrt(out) / ||p||_F`: the new value is
-    `p * s + u`, returned as the update `(p * s + u) - p`, which `optax.apply_updates` adds back
-    to `p` with at most one rounding more than the original. Must come after the lr: the
-    renormalisation is not scaled by it."""
-
-    def add(u, p):
-        scale = jnp.sqrt(jnp.asarray(p.shape[-1], p.dtype)) / jnp.linalg.norm(p)  # out: HWIO's O
-        return (p * scale + u) - p
-
-    return optax.stateless(lambda updates, params: jax.tree.map(add, updates, params))
-
-
-def muon_param_label(path, param):
-    """The group of one parameter (`path`: its names): airbench's stem kernel and bias as
-    `optim.airbench_param_label` says; BatchNorm biases and any other `bias` are `BIAS`; other
-    4-D kernels are `FILTERS`; the rest (the head) is `HEAD`."""
-    label = optim.airbench_param_label(path)
-    if label in (optim.WHITEN_KERNEL, optim.WHITEN_BIAS):
-        return label
-    if label == optim.NORM_BIAS or str(path[-1]).lower() == "bias":
-        return BIAS
-    return FILTERS if param.ndim == 4 else HEAD
-
-
-def muon_param_labels(params):
-    """The tree of `muon_param_label`s of a params tree (`optax.partition`'s param_labels)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, p: muon_param_label([optim._key_name(k) for k in path], p), params)
-
-
-def muon(learning_rate=0.24, momentum=0.6, weight_decay=2e-6, whiten_bias_epochs: float = 3,
-         dtype="float32", bias_lr=0.053, head_lr=0.67, *, batch_size, total_steps,
-         steps_per_epoch, schedule="constant", sgd_momentum=0.85, ns_steps=3):
-    """airbench94_muon's optimiser, usable by any model (`muon_param_label` makes the groups):
-    learning_rate   Muon's, for the 4-D kernels (per unit of the orthogonalised update)
-    momentum        Muon's Nesterov momentum
-    weight_decay    per example: each SGD group's coupled decay coefficient is
-                    weight_decay * batch_size / its lr (the original's wd / lr; Muon has none)
-    whiten_bias_epochs  epochs the whitening stem's bias trains, its lr falling to zero over
-                    ceil(whiten_bias_epochs * steps_per_epoch) steps (then it is frozen)
-    dtype           the run's dtype: Newton-Schulz runs in it
-    bias_lr         the SGD group of the biases (`BIAS`, and the stem's bias)
-    head_lr         the SGD group of the rest (`HEAD`): the recipe's 0.67 is for airbench's
-                    head, whose logits are divided by 256; another model's Dense layers want
-                    about 1e-3 (with bias_lr too)
-    sgd_momentum    the SGD groups' Nesterov momentum
-    ns_steps        Newton-Schulz iterations
-    schedule        the run's --schedule: only "constant" (the decay is built in)
-Each is a setting (--optimizer.head_lr 1e-3), but dtype, batch_size, total_steps,
-steps_per_epoch and schedule, which the run gives.
-    Every lr falls linearly to zero over the run's `total_steps` (the stem bias's over its
-    own steps): lr_t = lr * (1 - t / total), t = 0, 1, ..., as the original sets it before each
-    step. The gradients must be those of the summed loss, as the original's.
-    """
-    if schedule != "constant":  # it would scale the renormalisation too, which must not be
-        raise ValueError(f"muon decays its learning rates itself; --schedule {schedule} would "
-                         "scale its filters' renormalisation too: use --schedule constant")
-    decay = weight_decay * batch_size  # the absolute decay per step at full lr (0.004)
-    whiten_steps = math.ceil(whiten_bias_epochs * steps_per_epoch)
-
-    def sgd(lr, steps):
-        # Past `steps` the linear schedule holds 0: the update is exactly zero and the parameter
-        # stays as it was (the original stops giving the stem bias a gradient then).
-        return optim._torch_sgd(optax.linear_schedule(lr, 0.0, steps), decay / lr, sgd_momentum)
-
-    filters = optax.chain(
-        optax.trace(decay=momentum, nesterov=True),  # buf = m buf + g; g + m buf
-        orthogonalize_filters(ns_steps, jnp.dtype(dtype)),
-        optax.scale_by_learning_rate(optax.linear_schedule(learning_rate, 0.0, total_steps)),
-        renormalize_filters(),
-    )
-    return optim._partition(
-        {
-            optim.WHITEN_KERNEL: optax.set_to_zero(),
-            optim.WHITEN_BIAS: sgd(bias_lr, whiten_steps) if whiten_steps else optax.set_to_zero(),
-            BIAS: sgd(bias_lr, total_steps),
-            HEAD: sgd(head_lr, total_steps),
-            FILTERS: filters,
-        },
-        muon_param_labels,
-    )
 
 
 register_optimizer("muon", muon)

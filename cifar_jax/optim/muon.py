@@ -1,0 +1,155 @@
+"""Muon as airbench94_muon trains with it (Keller Jordan, KellerJordan/cifar10-airbench,
+`airbench94_muon.py`, its `Muon` class), usable by any model: Muon on the trained 4-D kernels,
+Nesterov SGD (PyTorch's form, coupled decay) on the biases and on the rest, every rate falling
+linearly to zero over the run. `--optimizer muon`, or `cifar_jax.optim.muon:muon`.
+
+Muon, per filter tensor W (the original's `Muon.step`, PyTorch layout [out, in, kh, kw]):
+    buf = 0.6 buf + g;  g' = g + 0.6 buf                   (Nesterov on the raw gradient)
+    W <- W * sqrt(out) / ||W||_F                            (renormalised before the step)
+    W <- W - lr_t * NS3(g' as [out, in*kh*kw])              (no weight decay, no shape factor)
+NS3: X = G / (||G||_F + 1e-7), transposed when out > in*kh*kw, then 3 times A = X X^T,
+X = 3.4445 X + (-4.7750 A + 2.0315 A A) X (`newton_schulz`). The original has no
+`max(1, rows/cols)**0.5` factor: the update is exactly lr_t times the NS output.
+`optax.contrib.muon` computes something else (an EMA momentum with bias correction, that shape
+factor, no renormalisation), so the pieces here are Optax's `trace`, `stateless`, `partition`.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cifar_jax.optim.nesterov import NORM_BIAS, WHITEN_BIAS, WHITEN_KERNEL, airbench_param_label
+from cifar_jax.optim.sgd import key_name, partition, torch_sgd
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic's a, b, c
+NS_EPS = 1e-7
+
+# The parameter groups `muon` optimises apart (labels as `airbench_param_label`'s).
+FILTERS = "filters"  # trained 4-D kernels: Muon
+BIAS = "bias"  # BatchNorm biases and any other bias: SGD at bias_lr
+HEAD = "head"  # everything else (airbench's head; a CNN's Dense kernels): SGD at head_lr
+
+
+def newton_schulz(g, steps=3, eps=NS_EPS):
+    """The original's `zeropower_via_newtonschulz5(G, steps)` on a matrix `g`, in g's dtype:
+    a quintic Newton-Schulz iteration that takes g's singular values towards ~1 (roughly U S' V^T
+    with S' in [0.5, 1.5], not exactly U V^T; see the original)."""
+    a, b, c = NS_COEFFICIENTS
+    x = g / (jnp.linalg.norm(g) + eps)  # Frobenius norm: top singular value <= 1
+    tall = g.shape[0] > g.shape[1]
+    if tall:  # iterate on the smaller Gram matrix
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def _torch_matrix(kernel):
+    """A Flax HWIO kernel [kh, kw, in, out] as the original's matrix: its PyTorch OIHW filter
+    [out, in, kh, kw] reshaped to [out, in * kh * kw]."""
+    return kernel.transpose(3, 2, 0, 1).reshape(kernel.shape[3], -1)
+
+
+def _flax_kernel(matrix, shape):
+    """The inverse of `_torch_matrix` for a kernel of `shape` [kh, kw, in, out]."""
+    kh, kw, cin, cout = shape
+    return matrix.reshape(cout, cin, kh, kw).transpose(2, 3, 1, 0)
+
+
+def orthogonalize_filters(steps=3, dtype=jnp.float32):
+    """Each update (a 4-D HWIO kernel) replaced by `newton_schulz` of its PyTorch matrix,
+    computed in `dtype` and returned in the update's own."""
+
+    def orthogonalize(update):
+        matrix = newton_schulz(_torch_matrix(update).astype(dtype), steps)
+        return _flax_kernel(matrix, update.shape).astype(update.dtype)
+
+    return optax.stateless(lambda updates, params: jax.tree.map(orthogonalize, updates))
+
+
+def renormalize_filters():
+    """Adds to each (already lr-scaled) update `u` the original's renormalisation of the
+    parameter `p` before the step, `p <- p * sqrt(out) / ||p||_F`: the new value is
+    `p * s + u`, returned as the update `(p * s + u) - p`, which `optax.apply_updates` adds back
+    to `p` with at most one rounding more than the original. Must come after the lr: the
+    renormalisation is not scaled by it."""
+
+    def add(u, p):
+        scale = jnp.sqrt(jnp.asarray(p.shape[-1], p.dtype)) / jnp.linalg.norm(p)  # out: HWIO's O
+        return (p * scale + u) - p
+
+    return optax.stateless(lambda updates, params: jax.tree.map(add, updates, params))
+
+
+def muon_param_label(path, param):
+    """The group of one parameter (`path`: its names): airbench's stem kernel and bias as
+    `airbench_param_label` says; BatchNorm biases and any other `bias` are `BIAS`; other
+    4-D kernels are `FILTERS`; the rest (the head) is `HEAD`."""
+    label = airbench_param_label(path)
+    if label in (WHITEN_KERNEL, WHITEN_BIAS):
+        return label
+    if label == NORM_BIAS or str(path[-1]).lower() == "bias":
+        return BIAS
+    return FILTERS if param.ndim == 4 else HEAD
+
+
+def muon_param_labels(params):
+    """The tree of `muon_param_label`s of a params tree (`optax.partition`'s param_labels)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: muon_param_label([key_name(k) for k in path], p), params)
+
+
+def muon(learning_rate=0.24, momentum=0.6, weight_decay=2e-6, whiten_bias_epochs: float = 3,
+         dtype="float32", bias_lr=0.053, head_lr=0.67, *, batch_size, total_steps,
+         steps_per_epoch, schedule="constant", sgd_momentum=0.85, ns_steps=3):
+    """airbench94_muon's optimiser, usable by any model (`muon_param_label` makes the groups):
+    learning_rate   Muon's, for the 4-D kernels (per unit of the orthogonalised update)
+    momentum        Muon's Nesterov momentum
+    weight_decay    per example: each SGD group's coupled decay coefficient is
+                    weight_decay * batch_size / its lr (the original's wd / lr; Muon has none)
+    whiten_bias_epochs  epochs the whitening stem's bias trains, its lr falling to zero over
+                    ceil(whiten_bias_epochs * steps_per_epoch) steps (then it is frozen)
+    dtype           the run's dtype: Newton-Schulz runs in it
+    bias_lr         the SGD group of the biases (`BIAS`, and the stem's bias)
+    head_lr         the SGD group of the rest (`HEAD`): the recipe's 0.67 is for airbench's
+                    head, whose logits are divided by 256; another model's Dense layers want
+                    about 1e-3 (with bias_lr too)
+    sgd_momentum    the SGD groups' Nesterov momentum
+    ns_steps        Newton-Schulz iterations
+    schedule        the run's --schedule: only "constant" (the decay is built in)
+Each is a setting (--optimizer.head_lr 1e-3), but dtype, batch_size, total_steps,
+steps_per_epoch and schedule, which the run gives.
+    Every lr falls linearly to zero over the run's `total_steps` (the stem bias's over its
+    own steps): lr_t = lr * (1 - t / total), t = 0, 1, ..., as the original sets it before each
+    step. The gradients must be those of the summed loss, as the original's.
+    """
+    if schedule != "constant":  # it would scale the renormalisation too, which must not be
+        raise ValueError(f"muon decays its learning rates itself; --schedule {schedule} would "
+                         "scale its filters' renormalisation too: use --schedule constant")
+    decay = weight_decay * batch_size  # the absolute decay per step at full lr (0.004)
+    whiten_steps = math.ceil(whiten_bias_epochs * steps_per_epoch)
+
+    def sgd(lr, steps):
+        # Past `steps` the linear schedule holds 0: the update is exactly zero and the parameter
+        # stays as it was (the original stops giving the stem bias a gradient then).
+        return torch_sgd(optax.linear_schedule(lr, 0.0, steps), decay / lr, sgd_momentum)
+
+    filters = optax.chain(
+        optax.trace(decay=momentum, nesterov=True),  # buf = m buf + g; g + m buf
+        orthogonalize_filters(ns_steps, jnp.dtype(dtype)),
+        optax.scale_by_learning_rate(optax.linear_schedule(learning_rate, 0.0, total_steps)),
+        renormalize_filters(),
+    )
+    return partition(
+        {
+            WHITEN_KERNEL: optax.set_to_zero(),
+            WHITEN_BIAS: sgd(bias_lr, whiten_steps) if whiten_steps else optax.set_to_zero(),
+            BIAS: sgd(bias_lr, total_steps),
+            HEAD: sgd(head_lr, total_steps),
+            FILTERS: filters,
+        },
+        muon_param_labels,
+    )
