@@ -13,24 +13,31 @@ mean ± std (ddof 1) of the TTA test accuracy and of the training seconds.
 """
 
 import argparse
+import importlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
 
-from benchmarks import airbench_muon_torch, airbench_torch
 from benchmarks.throughput import interleaved_medians
 from cifar_jax import data, steps
 from cifar_jax import state as train_state
 from cifar_jax.config import Config
 from cifar_jax.train import train_and_evaluate
 
-# recipe -> its PyTorch port, and the batch size it trains at
-PORTS = {"airbench94": (airbench_torch, 1024), "airbench94_muon": (airbench_muon_torch, 2000)}
+# recipe -> its PyTorch port's module, and the batch size it trains at
+PORTS = {"airbench94": ("benchmarks.airbench_torch", 1024),
+         "airbench94_muon": ("benchmarks.airbench_muon_torch", 2000)}
+
+
+def port(recipe):
+    """The recipe's PyTorch port (a module), imported now: `--help` needs no PyTorch."""
+    return importlib.import_module(PORTS[recipe][0])
 
 
 class JaxSide:
@@ -62,7 +69,7 @@ class JaxSide:
 
 def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94"):
     jax_side = JaxSide(batch_size, steps_per_pass, recipe=recipe)
-    torch_pass = PORTS[recipe][0].throughput_pass(batch_size, steps_per_pass, device)
+    torch_pass = port(recipe).throughput_pass(batch_size, steps_per_pass, device)
     result = interleaved_medians({"cifar_jax": jax_side.train_pass, "pytorch": torch_pass},
                                  repeats)
     result["ratio"] = result["cifar_jax"] / result["pytorch"]
@@ -84,7 +91,7 @@ def accuracy(data_dir, seeds, epochs, device, recipe="airbench94"):
         runs["cifar_jax"].append({"seed": seed, "test_accuracy": history[-1]["test_accuracy"],
                                   "test_accuracy_tta": history[-1]["test_accuracy_tta"],
                                   "train_seconds": sum(row["seconds"] for row in history)})
-        torch_run = PORTS[recipe][0].train(*splits["train"], *splits["test"], seed=seed,
+        torch_run = port(recipe).train(*splits["train"], *splits["test"], seed=seed,
                                          epochs=epochs, device=device, progress=False)
         runs["pytorch"].append({key: torch_run[key] for key in (
             "seed", "test_accuracy", "test_accuracy_tta", "train_seconds")})
@@ -127,8 +134,16 @@ def main(argv=None):
                    help="PyTorch's device (default: the one JAX uses)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    try:
+        torch = port(args.recipe).torch
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        print("error: benchmarks.airbench runs the PyTorch port beside cifar_jax, and PyTorch is "
+              "not installed: pip install -e \".[peers]\"", file=sys.stderr)
+        return 2
     print(f"{jax.default_backend()}: {jax.devices()[0].device_kind}; jax {jax.__version__}, "
-          f"torch {airbench_torch.torch.__version__}", flush=True)
+          f"torch {torch.__version__}", flush=True)
     if args.throughput:
         result = throughput(args.batch_size or PORTS[args.recipe][1], args.steps, args.repeats,
                             args.device, args.recipe)
@@ -144,4 +159,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
