@@ -6,7 +6,7 @@ the device inside the compiled step; the arms train their seeds as one program (
 
     python examples/colour_jitter.py --epochs 2 --num-seeds 3 --data-dir DIR --no-download
 
-Other flags go to both arms. What it gave on our data: README, "Research with cifar_jax".
+Other flags go to both arms. What it gave on our data: docs/research.md, "Examples".
 """
 
 import sys

@@ -9,7 +9,8 @@ above. Both arms train the same seeds as one compiled program each (--num-seeds)
 
 An optimiser is a function of the learning rate returning an optax.GradientTransformation; its
 other keyword parameters are its settings (here --optimizer.weight_decay, or --weight-decay for
-short, and --optimizer.b2; the defaults below are lion's own). Other flags go to both arms. What it gave on our data: README, "Research with cifar_jax".
+short, and --optimizer.b2; the defaults below are lion's own). Other flags go to both arms.
+What it gave on our data: docs/research.md, "Examples".
 """
 
 import sys

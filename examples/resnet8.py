@@ -9,8 +9,8 @@ compiled program (--num-seeds) and ends with the 95% interval of its test accura
 Any other flag of `python -m cifar_jax.train` is passed on to both arms. The model is named by
 import path (resnet8:ResNet8), so its run resumes, evaluates and predicts from any process with
 examples/ on PYTHONPATH; it is written as Flax's docs write a model (nn.Conv, nn.BatchNorm),
-and its width is a setting (--model.width 32). What it gave on our data: README, "Research
-with cifar_jax".
+and its width is a setting (--model.width 32). What it gave on our data: docs/research.md,
+"Examples".
 """
 
 import sys
