@@ -125,20 +125,27 @@ def test_conv_as_matmul_equals_lax_conv_and_its_gradients():
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("other", [{"kernel_dilation": 2}, {"feature_group_count": 2},
-                                   {"feature_group_count": 4, "strides": 2},  # depthwise
-                                   {"kernel_dilation": (2, 1), "feature_group_count": 2}])
-def test_conv_as_matmul_takes_kernel_dilation_and_feature_groups(other):
-    x = normal(0, (2, 9, 8, 4))
-    ours = nn.Conv(8, (3, 3), padding="SAME", conv_general_dilated=conv_as_matmul, **other)
-    ref = nn.Conv(8, (3, 3), padding="SAME", **other)
-    params = jax.jit(ref.init)(jax.random.key(0), x)
+def assert_same_values_and_gradients(ours, ref, x, seed):
+    """`ours` and `ref` (modules of the same parameters) agree on a loss of their outputs on `x`
+    and on its gradients, the parameters' and the input's; returns the parameters."""
+    params = jax.jit(ref.init)(jax.random.key(seed), x)
     loss = lambda model: jax.jit(jax.value_and_grad(
         lambda p, x: (model.apply(p, x) ** 2).sum(), (0, 1)))(params, x)
     (value, grads), (ref_value, ref_grads) = loss(ours), loss(ref)
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    return params
+
+
+@pytest.mark.parametrize("other", [{"kernel_dilation": 2}, {"feature_group_count": 2},
+                                   {"feature_group_count": 4, "strides": 2},  # depthwise
+                                   {"kernel_dilation": (2, 1), "feature_group_count": 2}])
+def test_conv_as_matmul_takes_kernel_dilation_and_feature_groups(other):
+    x = normal(0, (2, 9, 8, 4))
+    ours = nn.Conv(8, (3, 3), padding="SAME", conv_general_dilated=conv_as_matmul, **other)
+    params = assert_same_values_and_gradients(ours, nn.Conv(8, (3, 3), padding="SAME", **other),
+                                              x, seed=0)
     assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(
         lambda p: (ours.apply(p, x) ** 2).sum()))(params))
 
@@ -210,14 +217,8 @@ def test_conv_as_matmul_strided_and_padded_equals_lax_conv_and_its_gradients(ker
     """ResNets' strided 3x3 and 1x1 convolutions; 'SAME' pads as XLA does (more after)."""
     x = normal(0, (2, 15, 16, 4))
     kw = {"kernel_size": kernel, "strides": strides, "padding": padding, "use_bias": False}
-    ours, ref = nn.Conv(8, conv_general_dilated=conv_as_matmul, **kw), nn.Conv(8, **kw)
-    params = jax.jit(ref.init)(jax.random.key(1), x)
-    loss = lambda model: jax.jit(jax.value_and_grad(
-        lambda p, x: (model.apply(p, x) ** 2).sum(), (0, 1)))(params, x)
-    (value, grads), (ref_value, ref_grads) = loss(ours), loss(ref)
-    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert_same_values_and_gradients(nn.Conv(8, conv_general_dilated=conv_as_matmul, **kw),
+                                     nn.Conv(8, **kw), x, seed=1)
 
 
 def _dots(conv, x, w, strides, padding):
