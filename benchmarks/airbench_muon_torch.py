@@ -2,9 +2,10 @@
 
 A port of KellerJordan/cifar10-airbench `airbench94_muon.py` (94.01% mean test accuracy, n=200, in
 2.59 s on an A100), fed the uint8 NHWC numpy arrays of `cifar_jax.data.load_cifar10` so that both
-ports train on the very same data. The pieces both originals share (the conv groups, the data
-pipeline, the test-time augmentation, the whitening maths) are imported from
-`benchmarks.airbench_torch`; what is new here is what airbench94_muon changes:
+ports train on the very same data. The data, the loop, evaluation, timing and the command line
+are those every port shares (`benchmarks/torch_ports.py`), the conv groups and the whitening
+maths airbench94's (`benchmarks/airbench_torch.py`); what is here is what airbench94_muon
+changes:
 
 * Network: the stem is a plain nn.Conv2d(3, 24, 2) (its bias PyTorch's default,
   U(-1/sqrt(12), 1/sqrt(12)), its weight frozen and set to the whitening filters in ascending
@@ -35,21 +36,17 @@ Usage:
     python -m benchmarks.airbench_muon_torch --data-dir /work/data/tfr --seeds 0 1 2 --device cuda
 """
 
-import argparse
-import json
 import math
-import os
 import sys
-import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# airbench_torch loads torch._dynamo (or hides triton) before cifar_jax.data brings TensorFlow in.
 from benchmarks import airbench_torch as ab
+from benchmarks import torch_ports
 
+NAME = "airbench94_muon"
 SOURCE = "KellerJordan/cifar10-airbench airbench94_muon.py"
 
 # The recipe's hyperparameters, as named in the original's main().
@@ -66,7 +63,6 @@ WHITEN_BIAS_EPOCHS = 3
 LABEL_SMOOTHING = 0.2
 TTA_LEVEL = 2
 WIDTHS = (64, 256, 256)
-WHITEN_IMAGES = 5000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,15 +141,8 @@ class CifarNet(nn.Module):
 
 
 def make_net(device, widths=WIDTHS):
-    """The network on `device`: float32 on the CPU; on CUDA half precision with BatchNorm kept in
-    float32, as the original. channels_last either way."""
-    net = CifarNet(widths)
-    if device.type == "cuda":
-        net = net.half()
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.float()
-    return net.to(device=device, memory_format=torch.channels_last)
+    """The network on `device`, as the original places it (`torch_ports.on_device`)."""
+    return torch_ports.on_device(CifarNet(widths), device)
 
 
 def init_whitening(conv, images):
@@ -200,180 +189,42 @@ def optimizer_step(optimizers, step, total_steps, whiten_steps):
         opt.step()
 
 
-def throughput_pass(batch_size=BATCH_SIZE, steps=4, device="cpu", warmup=2):
-    """A function that runs `steps` training steps of the network and both optimisers on random
-    data and returns the images/s they ran at: the same step as `train` (forward, summed
-    smoothed loss, backward, the lr setting, SGD and Muon), no data loading or augmentation.
-    `warmup` steps run once first, untimed."""
-    device = ab._device(device)
-    torch.manual_seed(0)
-    net = make_net(device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    x = torch.randn(batch_size, 3, 32, 32, device=device, dtype=dtype)  # NCHW, as crops are
-    y = torch.randint(0, 10, (batch_size,), device=device)
-    init_whitening(net.whiten, x)
-    optimizers = make_optimizers(net, batch_size)
-    total = 1_000_000  # a long schedule: the passes never reach its end
-    net.train()
-    done = 0
+class Steps:
+    """airbench94_muon's training step, for `torch_ports`' loop: the summed smoothed
+    cross-entropy, then SGD and Muon at the rates of this step; the stem's bias has a gradient
+    in its first ceil(WHITEN_BIAS_EPOCHS x steps per epoch) steps only."""
 
-    def run(n):
-        nonlocal done
-        for _ in range(n):
-            loss = F.cross_entropy(net(x), y, label_smoothing=LABEL_SMOOTHING, reduction="sum")
-            loss.backward()
-            optimizer_step(optimizers, done, total, total)
-            net.zero_grad(set_to_none=True)
-            done += 1
+    def __init__(self, net, batch_size, total_steps, steps_per_epoch):
+        self.net, self.total_steps = net, total_steps
+        self.whiten_steps = math.ceil(WHITEN_BIAS_EPOCHS * steps_per_epoch)
+        self.optimizers = make_optimizers(net, batch_size)
 
-    def timed_pass():
-        ab._sync(device)
-        start = time.perf_counter()
-        run(steps)
-        ab._sync(device)
-        return steps * batch_size / (time.perf_counter() - start)
+    def epoch(self, epoch):
+        pass
 
-    run(warmup)
-    return timed_pass
+    def step(self, inputs, labels, step):
+        """Step `step` (0-based); (outputs, summed loss)."""
+        outputs = self.net(inputs, whiten_bias_grad=step < self.whiten_steps)
+        loss = F.cross_entropy(outputs, labels, label_smoothing=LABEL_SMOOTHING, reduction="sum")
+        loss.backward()
+        optimizer_step(self.optimizers, step, self.total_steps, self.whiten_steps)
+        self.net.zero_grad(set_to_none=True)
+        return outputs, loss
+
+    def finish(self):
+        pass
 
 
-# ----------------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------------
-
-def train(train_images, train_labels, test_images, test_labels, *, seed=0, epochs=EPOCHS,
-          device="cpu", progress=True, batch_size=BATCH_SIZE, widths=WIDTHS):
-    """Train airbench94_muon on the given uint8 NHWC images and int labels; return the results,
-    as `airbench_torch.train`'s. `batch_size` and `widths` other than the recipe's are for tests
-    on small sets (the decay then follows the original's formula for that batch size)."""
-    from tqdm.auto import tqdm
-
-    device = ab._device(device)
-    torch.manual_seed(seed)
-    x_train = ab.to_device_images(train_images, device)
-    y_train = torch.from_numpy(np.asarray(train_labels, dtype=np.int64)).to(device)
-    x_test = ab.normalize(ab.to_device_images(test_images, device))
-    y_test = torch.from_numpy(np.asarray(test_labels, dtype=np.int64)).to(device)
-
-    batches = ab.TrainBatches(x_train, y_train, batch_size)  # flip + translate 2, as the original
-    if len(batches) == 0:
-        raise ValueError(f"{len(x_train)} training images make no full batch of {batch_size}")
-    total_steps = math.ceil(epochs * len(batches))
-    whiten_steps = math.ceil(WHITEN_BIAS_EPOCHS * len(batches))
-    n_epochs = math.ceil(total_steps / len(batches))
-
-    net = make_net(device, widths)
-    optimizers = make_optimizers(net, batch_size)
-
-    ab._sync(device)
-    start = time.perf_counter()
-    init_whitening(net.whiten, ab.normalize(x_train[:WHITEN_IMAGES]))
-    ab._sync(device)
-    train_seconds = time.perf_counter() - start
-
-    rows, step = [], 0
-    for epoch in range(n_epochs):
-        epoch_steps = min(len(batches), total_steps - step)
-        desc = f"seed {seed} epoch {epoch + 1}/{n_epochs}"
-        bar = tqdm(total=epoch_steps, desc=desc, leave=False, disable=not progress)
-        ab._sync(device)
-        start = time.perf_counter()
-        net.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        for inputs, labels in batches:
-            outputs = net(inputs, whiten_bias_grad=step < whiten_steps)
-            loss = F.cross_entropy(outputs, labels, label_smoothing=LABEL_SMOOTHING,
-                                   reduction="sum")
-            loss.backward()
-            optimizer_step(optimizers, step, total_steps, whiten_steps)
-            net.zero_grad(set_to_none=True)
-            step += 1
-            loss_sum += loss.detach().float()
-            correct += (outputs.detach().argmax(1) == labels).sum()
-            seen += len(labels)
-            bar.update(1)
-            if step >= total_steps:
-                break
-        ab._sync(device)
-        seconds = time.perf_counter() - start
-        bar.close()
-        train_seconds += seconds
-        row = {"epoch": epoch + 1,
-               "train_loss": loss_sum.item() / seen,
-               "train_accuracy": correct.item() / seen,
-               "last_batch_loss": loss.item() / len(labels),
-               "last_batch_accuracy": (outputs.argmax(1) == labels).float().mean().item(),
-               "test_accuracy": ab.evaluate(net, x_test, y_test, tta_level=0),
-               "seconds": round(seconds, 4)}
-        rows.append(row)
-        if progress:
-            print(f"{desc}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
-                  f"test acc {row['test_accuracy']:.4f}  {seconds:.2f}s "
-                  f"({seen / seconds:,.0f} img/s)", flush=True)
-
-    ab._sync(device)
-    start = time.perf_counter()
-    test_accuracy_tta = ab.evaluate(net, x_test, y_test, tta_level=TTA_LEVEL)
-    ab._sync(device)
-    tta_seconds = time.perf_counter() - start
-    result = {"seed": seed, "epochs": epochs, "steps": total_steps, "device": str(device),
-              "rows": rows,
-              "test_accuracy": rows[-1]["test_accuracy"],
-              "test_accuracy_tta": test_accuracy_tta,
-              "train_seconds": train_seconds,
-              "tta_seconds": tta_seconds,
-              "images_per_second": total_steps * batch_size / train_seconds}
-    if progress:
-        print(f"seed {seed}  final test acc {result['test_accuracy']:.4f}  "
-              f"with TTA {test_accuracy_tta:.4f}  train {train_seconds:.2f}s "
-              f"({result['images_per_second']:,.0f} img/s)  TTA eval {tta_seconds:.2f}s",
-              flush=True)
-    return result
+def train(*args, **kwargs):
+    """airbench94_muon in PyTorch on uint8 NHWC images (`torch_ports.train`); `widths` other
+    than the recipe's are for tests on small sets."""
+    return torch_ports.train(sys.modules[__name__], *args, **kwargs)
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.airbench_muon_torch",
-        description="Train the airbench94_muon recipe (KellerJordan/cifar10-airbench, "
-                    "airbench94_muon.py) in PyTorch on CIFAR-10 from cifar_jax's loader, one run "
-                    "per seed, and report test accuracy and training speed.")
-    p.add_argument("--data-dir", required=True,
-                   help="a prepared TFDS cifar10 folder, read with cifar_jax.data.load_cifar10")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="one training run per seed, in turn (default: 0)")
-    p.add_argument("--epochs", type=float, default=EPOCHS,
-                   help=f"training epochs, fractions allowed (default: {EPOCHS}, the recipe's)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cpu: float32; cuda: half precision as the original (default: cpu)")
-    p.add_argument("--json", metavar="PATH",
-                   help="also write the per-seed results and a summary to this JSON file")
-    return p.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(os.cpu_count())
-    from cifar_jax import data
-
-    splits = data.load_cifar10(args.data_dir, download=False)
-    (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
-    results = [train(train_x, train_y, test_x, test_y, seed=seed, epochs=args.epochs,
-                     device=args.device, progress=True) for seed in args.seeds]
-    summary = {**ab.summarise(results), "source": SOURCE}
-    spread = f" ± {summary['test_accuracy_tta_std']:.4f}" if len(results) > 1 else ""
-    print(f"airbench94_muon PyTorch, {len(results)} seed(s), {args.epochs:g} epochs: test "
-          f"accuracy with TTA {summary['test_accuracy_tta_mean']:.4f}{spread}, mean train time "
-          f"{summary['train_seconds_mean']:.2f}s", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"runs": results, "summary": summary}, f, indent=1)
+def throughput_pass(*args, **kwargs):
+    """Timed passes of airbench94_muon's training step (`torch_ports.throughput_pass`)."""
+    return torch_ports.throughput_pass(sys.modules[__name__], *args, **kwargs)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(torch_ports.main(sys.modules[__name__]))

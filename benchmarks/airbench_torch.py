@@ -36,10 +36,9 @@ The recipe:
 channels_last, cuDNN autotuning (so a process's first run carries the autotuning). `device="cpu"`
 runs in float32 (channels_last), and a seed then gives a reproducible run.
 
-Timing follows the original: the whitening initialisation and the per-epoch data augmentation
-count as training time; moving the uint8 data to the device and converting it does not, nor does
-evaluation (the original also counts its final TTA evaluation, reported here apart as
-`tta_seconds`).
+The data, the loop, evaluation, timing and the command line are those every port shares
+(`benchmarks/torch_ports.py`); this file holds what is airbench94's: its network, optimiser,
+schedules and lookahead, and its step (`Steps`).
 
 Where this port differs from the original, and why:
 
@@ -49,8 +48,6 @@ Where this port differs from the original, and why:
   reports them; the original prints those of the epoch's last batch, kept here as
   `last_batch_loss` / `last_batch_accuracy`.
 * Timing uses `torch.cuda.synchronize()` and a wall clock instead of CUDA events.
-* Importing this module loads torch._dynamo (which torch.optim needs) at once: loaded after
-  TensorFlow, its triton library crashes the process (see `_load_dynamo_before_tensorflow`).
 
 Usage:
 
@@ -58,31 +55,16 @@ Usage:
     python -m benchmarks.airbench_torch --throughput --device cpu
 """
 
-import argparse
-import json
-import math
-import os
-import statistics
 import sys
-import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# First: it loads torch._dynamo before cifar_jax.data can bring TensorFlow in.
+from benchmarks import torch_ports
 
-def _load_dynamo_before_tensorflow():
-    """torch.optim imports torch._dynamo, which imports triton, whose native library crashes
-    the process (segfault) when TensorFlow's is already loaded, as `cifar_jax.data` loads it.
-    So load them now; if TensorFlow is in already, hide triton instead (nothing here compiles)."""
-    if "triton" not in sys.modules and "tensorflow" in sys.modules:
-        sys.modules["triton"] = None  # `import triton` then fails cleanly; torch copes
-    import torch._dynamo  # noqa: F401
-
-
-_load_dynamo_before_tensorflow()
-
+NAME = "airbench94"
 SOURCE = "KellerJordan/cifar10-airbench legacy/airbench94.py"
 
 # The recipe's hyperparameters, as named in the original.
@@ -94,19 +76,13 @@ WEIGHT_DECAY = 0.0153   # per 1024 examples, decoupled from the lr
 BIAS_SCALER = 64.0      # lr multiplier (not decay) for BatchNorm biases
 LABEL_SMOOTHING = 0.2
 WHITEN_BIAS_EPOCHS = 3
-TRANSLATE = 2
 WIDTHS = (64, 256, 256)
 BN_MOMENTUM = 0.6       # weight of the old running statistics
 SCALING_FACTOR = 1 / 9
 TTA_LEVEL = 2
-WHITEN_IMAGES = 5000
 WHITEN_EPS = 5e-4
 WARMUP_FRACTION = 0.23
 LOOKAHEAD_EVERY = 5
-EVAL_BATCH = 2000
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,15 +145,8 @@ class AirbenchNet(nn.Module):
 
 
 def make_net(device):
-    """The network on `device`: float32 on the CPU; on CUDA half precision with BatchNorm kept in
-    float32, as the original. channels_last either way."""
-    net = AirbenchNet()
-    if device.type == "cuda":
-        net = net.half()
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.float()
-    return net.to(device=device, memory_format=torch.channels_last)
+    """The network on `device`, as the original places it (`torch_ports.on_device`)."""
+    return torch_ports.on_device(AirbenchNet(), device)
 
 
 def init_whitening(conv, images, eps=WHITEN_EPS):
@@ -247,348 +216,48 @@ class Lookahead:
                 fast.copy_(slow)
 
 
-# ----------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------
+class Steps:
+    """airbench94's training step, for `torch_ports`' loop: the summed smoothed cross-entropy,
+    Nesterov SGD under the LambdaLR schedule, lookahead every 5 steps and at the end; the stem's
+    bias trains in the first WHITEN_BIAS_EPOCHS epochs."""
 
-def to_device_images(images, device):
-    """uint8 NHWC numpy -> [0, 1] NCHW channels_last on `device` (half on CUDA, as the original)."""
-    # A copy: the decoded-data cache is memory-mapped read-only, which torch warns about.
-    x = torch.from_numpy(np.array(images, order="C")).to(device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    return (x.to(dtype) / 255).permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last
+    def __init__(self, net, batch_size, total_steps, steps_per_epoch):
+        self.net = net
+        self.optimizer = make_optimizer(net, batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_multiplier(step, total_steps))
+        self.decays = lookahead_decays(total_steps)
+        self.lookahead = Lookahead(net)  # taken before the whitening init, as in the original
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING, reduction="none")
 
+    def epoch(self, epoch):
+        self.net.whiten.bias.requires_grad_(epoch < WHITEN_BIAS_EPOCHS)
 
-def normalize(x):
-    mean = torch.tensor(CIFAR_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    def step(self, inputs, labels, step):
+        """Step `step` (0-based); (outputs, summed loss)."""
+        outputs = self.net(inputs)
+        loss = self.loss_fn(outputs, labels).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if (step + 1) % LOOKAHEAD_EVERY == 0:
+            self.lookahead.update(self.net, decay=self.decays[step + 1].item())
+        return outputs, loss
 
-
-def random_flip(x):
-    flip = torch.rand(len(x), device=x.device) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-
-
-def random_crop(padded, size):
-    """Each image of `padded` cropped to size x size at an independent random offset
-    (both offsets uniform over the 2r + 1 positions); done in two passes, rows then columns."""
-    r = (padded.shape[-1] - size) // 2
-    n = len(padded)
-    shifts = torch.randint(-r, r + 1, (n, 2), device=padded.device)
-    rows = torch.empty((n, padded.shape[1], size, padded.shape[-1]),
-                       device=padded.device, dtype=padded.dtype)
-    for s in range(-r, r + 1):
-        sel = shifts[:, 0] == s
-        rows[sel] = padded[sel, :, r + s:r + s + size, :]
-    out = torch.empty((n, padded.shape[1], size, size), device=padded.device, dtype=padded.dtype)
-    for s in range(-r, r + 1):
-        sel = shifts[:, 1] == s
-        out[sel] = rows[sel, :, :, r + s:r + s + size]
-    return out
+    def finish(self):
+        self.lookahead.update(self.net, decay=1.0)  # the model takes the slow weights
 
 
-class TrainBatches:
-    """The original loader's augmentation and order: on the first pass the set is normalised,
-    flipped at random (p = 0.5) and reflect-padded once; every pass crops it afresh, flips all of
-    it on odd passes, and yields the full batches of a `torch.randperm` order."""
-
-    def __init__(self, images, labels, batch_size):
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.padded = None
-        self.epoch = 0
-
-    def __len__(self):
-        return len(self.images) // self.batch_size
-
-    def __iter__(self):
-        if self.padded is None:
-            flipped = random_flip(normalize(self.images))
-            self.padded = F.pad(flipped, (TRANSLATE,) * 4, mode="reflect")
-        images = random_crop(self.padded, self.images.shape[-1])
-        if self.epoch % 2 == 1:
-            images = images.flip(-1)
-        self.epoch += 1
-        order = torch.randperm(len(images), device=images.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield images[idx], self.labels[idx]
+def train(*args, **kwargs):
+    """airbench94 in PyTorch on uint8 NHWC images (`torch_ports.train`)."""
+    return torch_ports.train(sys.modules[__name__], *args, **kwargs)
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
-
-def _mirror_logits(net, x):
-    return 0.5 * net(x) + 0.5 * net(x.flip(-1))
-
-
-def _tta_logits(net, x, level):
-    if level == 0:
-        return net(x)
-    if level == 1:
-        return _mirror_logits(net, x)
-    # level 2: 6 views, translated by one pixel up-left and down-right, each flip-averaged.
-    padded = F.pad(x, (1,) * 4, mode="reflect")
-    h, w = x.shape[-2:]
-    shifted = [padded[:, :, :h, :w], padded[:, :, 2:h + 2, 2:w + 2]]
-    translated = torch.stack([_mirror_logits(net, s) for s in shifted]).mean(0)
-    return 0.5 * _mirror_logits(net, x) + 0.5 * translated
-
-
-@torch.no_grad()
-def evaluate(net, images, labels, tta_level=0):
-    """Accuracy of `net` on normalised `images`, with the original's test-time augmentation."""
-    net.eval()
-    logits = torch.cat([_tta_logits(net, x, tta_level) for x in images.split(EVAL_BATCH)])
-    return (logits.argmax(1) == labels).float().mean().item()
-
-
-# ----------------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------------
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _device(device):
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the original
-    return device
-
-
-def train(train_images, train_labels, test_images, test_labels, *, seed=0, epochs=EPOCHS,
-          device="cpu", progress=True, batch_size=BATCH_SIZE):
-    """Train airbench94 on the given uint8 NHWC images and int labels; return the run's results.
-
-    `progress` shows a bar per epoch and prints a line after each. `batch_size` is the recipe's
-    1024; another value is for tests on small sets (the lr and decay then follow the original's
-    formulas for that batch size). Returns {"seed", "epochs", "steps", "device",
-    "rows": [{"epoch" (1-based), "train_loss", "train_accuracy", "last_batch_loss",
-    "last_batch_accuracy", "test_accuracy", "seconds"}], "test_accuracy" (final, no TTA),
-    "test_accuracy_tta", "train_seconds", "tta_seconds", "images_per_second"}.
-    """
-    from tqdm.auto import tqdm
-
-    device = _device(device)
-    torch.manual_seed(seed)
-    x_train = to_device_images(train_images, device)
-    y_train = torch.from_numpy(np.asarray(train_labels, dtype=np.int64)).to(device)
-    x_test = normalize(to_device_images(test_images, device))
-    y_test = torch.from_numpy(np.asarray(test_labels, dtype=np.int64)).to(device)
-
-    batches = TrainBatches(x_train, y_train, batch_size)
-    if len(batches) == 0:
-        raise ValueError(f"{len(x_train)} training images make no full batch of {batch_size}")
-    total_steps = math.ceil(len(batches) * epochs)
-    n_epochs = math.ceil(epochs)
-
-    net = make_net(device)
-    optimizer = make_optimizer(net, batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, total_steps))
-    decays = lookahead_decays(total_steps)
-    lookahead = Lookahead(net)  # taken before the whitening init, as in the original
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING, reduction="none")
-
-    _sync(device)
-    start = time.perf_counter()
-    init_whitening(net.whiten, normalize(x_train[:WHITEN_IMAGES]))
-    _sync(device)
-    train_seconds = time.perf_counter() - start
-
-    rows, step = [], 0
-    for epoch in range(n_epochs):
-        net.whiten.bias.requires_grad_(epoch < WHITEN_BIAS_EPOCHS)
-        epoch_steps = min(len(batches), total_steps - step)
-        desc = f"seed {seed} epoch {epoch + 1}/{n_epochs}"
-        bar = tqdm(total=epoch_steps, desc=desc, leave=False, disable=not progress)
-        _sync(device)
-        start = time.perf_counter()
-        net.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        for inputs, labels in batches:
-            outputs = net(inputs)
-            loss = loss_fn(outputs, labels).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_sum += loss.detach().float()
-            correct += (outputs.detach().argmax(1) == labels).sum()
-            seen += len(labels)
-            if step % LOOKAHEAD_EVERY == 0:
-                lookahead.update(net, decay=decays[step].item())
-            bar.update(1)
-            if step >= total_steps:
-                lookahead.update(net, decay=1.0)  # the model takes the slow weights
-                break
-        _sync(device)
-        seconds = time.perf_counter() - start
-        bar.close()
-        train_seconds += seconds
-        row = {"epoch": epoch + 1,
-               "train_loss": loss_sum.item() / seen,
-               "train_accuracy": correct.item() / seen,
-               "last_batch_loss": loss.item() / len(labels),
-               "last_batch_accuracy": (outputs.argmax(1) == labels).float().mean().item(),
-               "test_accuracy": evaluate(net, x_test, y_test, tta_level=0),
-               "seconds": round(seconds, 4)}
-        rows.append(row)
-        if progress:
-            print(f"{desc}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  "
-                  f"test acc {row['test_accuracy']:.4f}  {seconds:.2f}s "
-                  f"({seen / seconds:,.0f} img/s)", flush=True)
-
-    _sync(device)
-    start = time.perf_counter()
-    test_accuracy_tta = evaluate(net, x_test, y_test, tta_level=TTA_LEVEL)
-    _sync(device)
-    tta_seconds = time.perf_counter() - start
-    result = {"seed": seed, "epochs": epochs, "steps": total_steps, "device": str(device),
-              "rows": rows,
-              "test_accuracy": rows[-1]["test_accuracy"],
-              "test_accuracy_tta": test_accuracy_tta,
-              "train_seconds": train_seconds,
-              "tta_seconds": tta_seconds,
-              "images_per_second": total_steps * batch_size / train_seconds}
-    if progress:
-        print(f"seed {seed}  final test acc {result['test_accuracy']:.4f}  "
-              f"with TTA {test_accuracy_tta:.4f}  train {train_seconds:.2f}s "
-              f"({result['images_per_second']:,.0f} img/s)  TTA eval {tta_seconds:.2f}s",
-              flush=True)
-    return result
-
-
-def throughput_pass(batch_size=BATCH_SIZE, steps=8, device="cpu", warmup=2):
-    """A function that runs `steps` training steps of the network and optimiser on random data
-    and returns the images/s they ran at: the same step as `train` (forward, summed smoothed
-    loss, backward, SGD, schedule, lookahead every 5 steps), no data loading or augmentation.
-    `warmup` steps run once first, untimed."""
-    device = _device(device)
-    torch.manual_seed(0)
-    net = make_net(device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    x = torch.randn(batch_size, 3, 32, 32, device=device, dtype=dtype)  # NCHW, as crops are
-    y = torch.randint(0, 10, (batch_size,), device=device)
-    init_whitening(net.whiten, x)
-    total = 1_000_000  # a long schedule: the passes never reach its end
-    optimizer = make_optimizer(net, batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, total))
-    lookahead = Lookahead(net)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING, reduction="none")
-    net.train()
-    done = 0
-
-    def run(n):
-        nonlocal done
-        for _ in range(n):
-            loss = loss_fn(net(x), y).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            done += 1
-            if done % LOOKAHEAD_EVERY == 0:
-                lookahead.update(net, decay=0.95**5 * (done / total) ** 3)
-
-    def timed_pass():
-        _sync(device)
-        start = time.perf_counter()
-        run(steps)
-        _sync(device)
-        return steps * batch_size / (time.perf_counter() - start)
-
-    run(warmup)
-    return timed_pass
-
-
-def throughput(batch_size=BATCH_SIZE, steps=8, device="cpu", warmup=2):
-    """Steady-state training images/s over one timed pass of `steps` steps (`throughput_pass`)."""
-    return throughput_pass(batch_size, steps, device, warmup)()
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
-
-def summarise(results):
-    def mean_std(key):
-        values = [r[key] for r in results]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return statistics.fmean(values), std
-
-    tta_mean, tta_std = mean_std("test_accuracy_tta")
-    acc_mean, acc_std = mean_std("test_accuracy")
-    return {"source": SOURCE, "torch": torch.__version__, "n": len(results),
-            "seeds": [r["seed"] for r in results], "epochs": results[0]["epochs"],
-            "device": results[0]["device"],
-            "test_accuracy_tta_mean": tta_mean, "test_accuracy_tta_std": tta_std,
-            "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
-            "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in results),
-            "images_per_second_mean": statistics.fmean(r["images_per_second"] for r in results)}
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.airbench_torch",
-        description="Train the airbench94 recipe (KellerJordan/cifar10-airbench, "
-                    "legacy/airbench94.py) in PyTorch on CIFAR-10 from cifar_jax's loader, one "
-                    "run per seed, and report test accuracy and training speed; or, with "
-                    "--throughput, time training steps on random data.")
-    p.add_argument("--data-dir", help="a prepared TFDS cifar10 folder, read with "
-                                      "cifar_jax.data.load_cifar10 (required unless --throughput)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="one training run per seed, in turn (default: 0)")
-    p.add_argument("--epochs", type=float, default=EPOCHS,
-                   help=f"training epochs, fractions allowed (default: {EPOCHS}, the recipe's)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cpu: float32; cuda: half precision as the original (default: cpu)")
-    p.add_argument("--json", metavar="PATH",
-                   help="also write the per-seed results and a summary to this JSON file")
-    p.add_argument("--throughput", action="store_true",
-                   help="print steady-state training images/s on random data instead of "
-                        "training")
-    args = p.parse_args(argv)
-    if not args.throughput and args.data_dir is None:
-        p.error("--data-dir is required unless --throughput")
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(os.cpu_count())
-    if args.throughput:
-        rate = throughput(device=args.device)
-        print(f"airbench94 (PyTorch {torch.__version__}, {args.device}): "
-              f"{rate:,.0f} training images/s at batch {BATCH_SIZE}", flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"source": SOURCE, "torch": torch.__version__, "device": args.device,
-                           "batch_size": BATCH_SIZE, "images_per_second": rate}, f, indent=1)
-        return
-
-    from cifar_jax import data
-
-    splits = data.load_cifar10(args.data_dir, download=False)
-    (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
-    results = [train(train_x, train_y, test_x, test_y, seed=seed, epochs=args.epochs,
-                     device=args.device, progress=True) for seed in args.seeds]
-    summary = summarise(results)
-    spread = f" ± {summary['test_accuracy_tta_std']:.4f}" if len(results) > 1 else ""
-    print(f"airbench94 PyTorch, {len(results)} seed(s), {args.epochs:g} epochs: test accuracy "
-          f"with TTA {summary['test_accuracy_tta_mean']:.4f}{spread}, mean train time "
-          f"{summary['train_seconds_mean']:.2f}s", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"runs": results, "summary": summary}, f, indent=1)
+def throughput_pass(*args, **kwargs):
+    """Timed passes of airbench94's training step (`torch_ports.throughput_pass`)."""
+    return torch_ports.throughput_pass(sys.modules[__name__], *args, **kwargs)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(torch_ports.main(sys.modules[__name__]))

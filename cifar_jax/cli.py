@@ -104,6 +104,19 @@ def point_spec(text):
 point_spec.__name__ = "NAME=VALUE"
 
 
+def add_model_choice(parser, verb):
+    """--member and --point of `evaluate` and `predict`: which of a saved run's models they
+    `verb` ("evaluate", "use")."""
+    parser.add_argument("--member", type=nonnegative_int, metavar="I",
+                        help=f"of a multi-seed run (--num-seeds), {verb} model I (0-based; seed "
+                             "--seed + I) alone (default: the ensemble of all, their mean "
+                             "probabilities)")
+    parser.add_argument("--point", type=point_spec, action="append", metavar="NAME=VALUE",
+                        help=f"of a sweep (--sweep), {verb} this point's models (repeat for each "
+                             "swept setting of a grid, e.g. --point model.features=32,64 --point "
+                             "learning_rate=0.001; default: the best point)")
+
+
 def add_config_flags(parser):
     """One option per `Config` field, with the field's help, choices and default, and the
     short forms of `ALIASES` (--momentum for --optimizer.momentum).

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 
 from cifar_jax import checkpoint, compilation, data, parallel, report, run, steps, sweep
-from cifar_jax.cli import OneLineParser, nonnegative_int, point_spec, positive
+from cifar_jax.cli import OneLineParser, add_model_choice, positive
 from cifar_jax.config import ConfigError
 from cifar_jax.state import is_stacked
 
@@ -89,13 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--out", metavar="DIR",
                    help="also write confusion_matrix.png and report.txt (per-class precision, "
                         "recall, F1) into DIR")
-    p.add_argument("--member", type=nonnegative_int, metavar="I",
-                   help="of a multi-seed run (--num-seeds), evaluate model I (0-based) alone "
-                        "(default: the ensemble of all, their mean probabilities)")
-    p.add_argument("--point", type=point_spec, action="append", metavar="NAME=VALUE",
-                   help="of a sweep (--sweep), evaluate this point's models (repeat for each "
-                        "swept setting of a grid, e.g. --point model.features=32,64 --point "
-                        "learning_rate=0.001; default: the best point)")
+    add_model_choice(p, "evaluate")
     p.add_argument("--data-dir", help="TFDS data dir holding a prepared cifar10 (default: the run's)")
     p.add_argument("--no-download", dest="download", action="store_const", const=False,
                    help="fail at once, rather than download, when the data dir lacks cifar10")

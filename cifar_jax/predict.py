@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cifar_jax import checkpoint, compilation, ops, run, steps
-from cifar_jax.cli import OneLineParser, nonnegative_int, point_spec
+from cifar_jax.cli import OneLineParser, add_model_choice
 from cifar_jax.config import ConfigError
 from cifar_jax.data import CLASS_NAMES, IMAGE_SHAPE, to_float
 
@@ -72,13 +72,7 @@ def parse_args(argv=None):
                    help="image files (PNG, JPEG, any size or mode: converted to 32x32 RGB)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line: path, label, probability, top3")
-    p.add_argument("--member", type=nonnegative_int, metavar="I",
-                   help="of a multi-seed run (--num-seeds), use model I (0-based; seed --seed + "
-                        "I) alone (default: the ensemble of all, their mean probabilities)")
-    p.add_argument("--point", type=point_spec, action="append", metavar="NAME=VALUE",
-                   help="of a sweep (--sweep), use this point's models (repeat for each swept "
-                        "setting of a grid, e.g. --point model.features=32,64 --point "
-                        "learning_rate=0.001; default: the best point)")
+    add_model_choice(p, "use")
     return p.parse_args(argv)
 
 

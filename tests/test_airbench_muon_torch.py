@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from benchmarks import airbench_muon_torch as abm
 from benchmarks import airbench_torch as ab
+from benchmarks import torch_ports
 
 CPU = torch.device("cpu")
 
@@ -147,7 +148,7 @@ def test_train_tiny_run_is_reproducible():
 
 
 def test_cli_flags():
-    args = abm.parse_args(["--data-dir", "d", "--seeds", "0", "1", "--epochs", "0.5"])
+    args = torch_ports.parse_args(abm, ["--data-dir", "d", "--seeds", "0", "1", "--epochs", "0.5"])
     assert args.seeds == [0, 1] and args.epochs == 0.5 and args.device == "cpu"
     with pytest.raises(SystemExit):
-        abm.parse_args([])
+        torch_ports.parse_args(abm, [])

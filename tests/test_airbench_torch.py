@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks import airbench_torch as ab
+from benchmarks import torch_ports
 
 CPU = torch.device("cpu")
 
@@ -74,7 +75,7 @@ def test_whitening_filters_decorrelate_patches():
 def test_random_crop_takes_shifted_windows():
     torch.manual_seed(0)
     padded = torch.arange(50 * 2 * 8 * 8, dtype=torch.float32).reshape(50, 2, 8, 8)
-    out = ab.random_crop(padded, 4)
+    out = torch_ports.random_crop(padded, 4)
     assert out.shape == (50, 2, 4, 4)
     offsets = set()
     for img, src in zip(out, padded):
@@ -86,10 +87,10 @@ def test_random_crop_takes_shifted_windows():
 
 
 def test_alternating_flip(monkeypatch):
-    monkeypatch.setattr(ab, "TRANSLATE", 0)  # no translation: the epochs differ by the flip alone
+    monkeypatch.setattr(torch_ports, "TRANSLATE", 0)  # no translation: the epochs differ by the flip alone
     torch.manual_seed(0)
     images = torch.rand(8, 3, 6, 6)
-    batches = ab.TrainBatches(images, torch.arange(8), batch_size=8)
+    batches = torch_ports.TrainBatches(images, torch.arange(8), batch_size=8)
     (a, la), = list(batches)
     (b, lb), = list(batches)
     a, b = a[la.argsort()], b[lb.argsort()]
@@ -128,19 +129,19 @@ def test_train_rejects_too_few_images():
 
 
 def test_cli_flags():
-    args = ab.parse_args(["--data-dir", "d", "--seeds", "0", "1", "--epochs", "0.5",
+    args = torch_ports.parse_args(ab, ["--data-dir", "d", "--seeds", "0", "1", "--epochs", "0.5",
                           "--json", "o.json"])
     assert args.seeds == [0, 1] and args.epochs == 0.5 and args.device == "cpu"
-    assert ab.parse_args(["--throughput"]).throughput
+    assert torch_ports.parse_args(ab, ["--throughput"]).throughput
     with pytest.raises(SystemExit):
-        ab.parse_args([])
+        torch_ports.parse_args(ab, [])
 
 
 def test_summary_uses_sample_std():
     runs = [{"seed": s, "epochs": 1.0, "device": "cpu", "test_accuracy_tta": a,
              "test_accuracy": a, "train_seconds": 1.0, "images_per_second": 2.0}
             for s, a in enumerate([0.9, 0.92, 0.94])]
-    summary = ab.summarise(runs)
+    summary = torch_ports.summarise(ab, runs)
     assert summary["test_accuracy_tta_mean"] == pytest.approx(0.92)
     assert summary["test_accuracy_tta_std"] == pytest.approx(0.02)
-    assert ab.summarise(runs[:1])["test_accuracy_tta_std"] == 0.0
+    assert torch_ports.summarise(ab, runs[:1])["test_accuracy_tta_std"] == 0.0
