@@ -123,6 +123,82 @@ def test_muon_matches_the_original_step_by_step():
                                       small_params(np.random.default_rng(0))["whiten"]["kernel"])
 
 
+SPEEDRUN = {"learning_rate": 0.205, "momentum": 0.655, "weight_decay": 1.0418e-6,
+            "ns_coefficients": (3.4576, -4.7391, 2.0843), "ns_eps": 1e-5, "ns_batched": True,
+            "target_magnitude": (0.5012, 0.0786), "renorm_every": 2, "renorm_growth": 15,
+            "renorm_eps": 1e-7, "filter_decay": 1.0418e-6}
+
+
+class SpeedrunMuon:
+    """hiverge/cifar10-speedrun's `Muon.step` (cifar10_speedrun.py at 5cd49b1, nesterov=True)
+    over filters [out, in, kh, kw], in float64: the momentum, the renormalisation every
+    `norm_freq` steps, the zero-padded batch Newton-Schulz with the target magnitude, the lr
+    step and the decoupled decay."""
+
+    def __init__(self, filters, lr, momentum, total, wd):
+        self.filters, self.lr0, self.momentum, self.total, self.wd = filters, lr, momentum, total, wd
+        self.bufs = [np.zeros_like(p) for p in filters]
+        self.step_count = self.last_norm_step = 0
+        self.max_d = max(len(p) for p in filters)
+        self.max_k = (max(p[0].size for p in filters) + 15) // 16 * 16
+
+    def newton_schulz(self, grads):
+        a, b, c = (3.4576, -4.7391, 2.0843)
+        progress = self.step_count / self.total
+        target = 0.5012 * (1 - progress) + 0.0786 * progress
+        x = np.stack([np.pad(g.reshape(len(g), -1), ((0, self.max_d - len(g)),
+                                                     (0, self.max_k - g[0].size))) for g in grads])
+        x = x * (target / (np.linalg.norm(x, axis=(1, 2), keepdims=True) + 1e-5))
+        x = x / (np.linalg.norm(x, axis=(1, 2), keepdims=True) + 1e-5)
+        transposed = x.shape[1] > x.shape[2]
+        if transposed:
+            x = x.transpose(0, 2, 1)
+        for _ in range(3):
+            a_ = x @ x.transpose(0, 2, 1)
+            x = a * x + (b * a_ + c * a_ @ a_) @ x
+        if transposed:
+            x = x.transpose(0, 2, 1)
+        return [x[i, :len(g), :g[0].size].reshape(g.shape) for i, g in enumerate(grads)]
+
+    def step(self, grads, loop_step):
+        lr = self.lr0 * (1 - loop_step / self.total)  # set before the step, 0-based
+        self.step_count += 1
+        norm_freq = 2 + int(15 * self.step_count / self.total)
+        self.bufs = [self.momentum * buf + g for buf, g in zip(self.bufs, grads)]
+        nesterov = [g + self.momentum * buf for g, buf in zip(grads, self.bufs)]
+        renorm = self.step_count - self.last_norm_step >= norm_freq
+        if renorm:
+            self.last_norm_step = self.step_count
+            self.filters = [p * (len(p) ** 0.5 / (np.linalg.norm(p) + 1e-7)) for p in self.filters]
+        self.filters = [(p - lr * u) * (1 - lr * self.wd)
+                        for p, u in zip(self.filters, self.newton_schulz(nesterov))]
+        return renorm
+
+
+def test_muons_speedrun_settings_step_as_cifar10_speedrun():
+    rng = np.random.default_rng(1)
+    f = lambda *shape: rng.standard_normal(shape).astype(np.float32) * 0.3
+    params = {"a": {"kernel": f(3, 3, 4, 8)}, "b": {"kernel": f(3, 3, 8, 8)},
+              "c": {"kernel": f(3, 3, 2, 40)}}  # out > in * 9: the batch's rows win
+    total, batch = 40, 1536
+    tx = muon_optim.muon(**SPEEDRUN, batch_size=batch, total_steps=total, steps_per_epoch=20)
+    state, step = tx.init(params), jax.jit(tx.update)
+    names = sorted(params)
+    ref = SpeedrunMuon([to_torch(np.float64(params[n]["kernel"])) for n in names],
+                       0.205, 0.655, total, 1.0418e-6 * batch)
+    renormalised = []
+    for t in range(12):
+        grads = {n: {"kernel": f(*params[n]["kernel"].shape)} for n in names}
+        updates, state = step(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        renormalised.append(ref.step([to_torch(np.float64(grads[n]["kernel"])) for n in names], t))
+        for n, p in zip(names, ref.filters):
+            np.testing.assert_allclose(params[n]["kernel"], to_flax(p), rtol=2e-4, atol=2e-6)
+    # norm_freq = 2 + int(15 k / 40) at step k: 2, 2, 3, 3, 3, 4, 4, 5, 5, 5, 6, 6
+    assert renormalised == [False, True, False, False, True, False, False, False, False, True,
+                            False, False]
+
+
 def _get(tree, path):
     for key in path:
         tree = tree[key]
@@ -178,7 +254,10 @@ def test_the_recipe_and_its_run_length():
     muon = registry.settings_of("optimizer", muon_optim.muon)  # the rest are muon's own defaults
     assert {name: s.default for name, s in muon.items()} == {
         "momentum": 0.6, "weight_decay": 2e-6, "whiten_bias_epochs": 3, "bias_lr": 0.053,
-        "head_lr": 0.67, "sgd_momentum": 0.85, "ns_steps": 3}
+        "head_lr": 0.67, "sgd_momentum": 0.85, "ns_steps": 3,
+        "ns_coefficients": (3.4445, -4.7750, 2.0315), "ns_eps": 1e-7, "ns_batched": False,
+        "target_magnitude": (), "renorm_every": 1, "renorm_growth": 0.0, "renorm_eps": 0.0,
+        "filter_decay": 0.0, "momentum_dtype": ""}
     assert (config.reduction, config.schedule, config.lookahead, config.tta) == (
         "sum", "constant", False, 2)
     assert config.augmentations == ("alternating_flip", "translate")
