@@ -17,7 +17,13 @@ from cifar_jax import data, register_model, registry, train
 from cifar_jax import state as train_state
 from cifar_jax.cli import config_overrides
 from cifar_jax.config import Config, ConfigError
-from cifar_jax.models.airbench import AirbenchMuonNet, AirbenchNet, whitening_kernel
+from cifar_jax.models.airbench import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    AirbenchMuonNet,
+    AirbenchNet,
+    whitening_kernel,
+)
 from cifar_jax.optim import muon as muon_optim
 from cifar_jax.recipes.airbench94_muon import airbench94_muon
 from cifar_jax.registry import REGISTRY
@@ -304,6 +310,48 @@ def test_whitening_filters_in_the_originals_order(net_and_variables):
     np.testing.assert_array_equal(kernel[..., :12], largest_first[..., 11::-1])
     np.testing.assert_array_equal(kernel[..., 12:], -kernel[..., :12])
     assert variables["params"]["whiten"]["kernel"] is not kernel  # pure
+
+
+def speedrun_init_whiten(images, eps=5e-4):
+    """cifar10-speedrun's `CifarNet.init_whiten` (cifar10_speedrun.py at 5cd49b1) in NumPy, on
+    normalised NCHW images: the patch covariance's SVD, U * rsqrt(S + eps) as OIHW filters
+    [12, c, 2, 2], then their negations."""
+    n, c, hh, ww = images.shape
+    patches = np.stack([images[:, :, i:i + 2, j:j + 2] for i in range(hh - 1)
+                        for j in range(ww - 1)], axis=1).reshape(-1, c * 4)
+    covariance = patches.T @ patches / len(patches)
+    u, s, _ = np.linalg.svd(covariance)
+    filters = (u / np.sqrt(s + eps)).T.reshape(-1, c, 2, 2)
+    return np.concatenate([filters, -filters])
+
+
+def test_svd_whitening_and_its_images_are_cifar10_speedruns(net_and_variables):
+    net, variables = net_and_variables
+    images = np.random.default_rng(5).integers(0, 256, (30, 32, 32, 3), np.uint8)
+    speedrun = net.clone(whiten_method="svd", whiten_images=20)
+    kernel = speedrun.init_from_data(variables, images)["params"]["whiten"]["kernel"]
+    normalised = (images[:20] / 255 - np.array(CIFAR_MEAN)) / np.array(CIFAR_STD)
+    ref = speedrun_init_whiten(normalised.transpose(0, 3, 1, 2))
+    ours = to_torch(np.asarray(kernel, np.float64))
+    signs = np.sign((ours * ref).sum(axis=(1, 2, 3)))  # each filter's sign is LAPACK's choice
+    np.testing.assert_allclose(ours * signs[:, None, None, None], ref, rtol=2e-4, atol=2e-4)
+    assert not np.allclose(kernel, net.init_from_data(variables, images)["params"]["whiten"][
+        "kernel"])  # the default: eigh, 5,000 images, ascending
+
+
+def test_the_conv_groups_activation_is_a_setting(net_and_variables):
+    net, variables = net_and_variables
+    x = jnp.asarray(np.random.default_rng(6).uniform(size=(2, 32, 32, 3)), jnp.float32)
+    gelu, silu = (net.clone(activation=name).apply(variables, x, capture_intermediates=True,
+                                                   mutable=["intermediates"])[1]
+                  for name in ("gelu", "silu"))
+    stem = gelu["intermediates"]["whiten"]["__call__"][0]  # the stem's GELU is not the groups'
+    np.testing.assert_array_equal(stem, silu["intermediates"]["whiten"]["__call__"][0])
+    pre = silu["intermediates"]["group1"]["norm2"]["__call__"][0]
+    np.testing.assert_allclose(silu["intermediates"]["group1"]["__call__"][0],
+                               pre * jax.nn.sigmoid(pre), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(gelu["intermediates"]["group1"]["__call__"][0],
+                           silu["intermediates"]["group1"]["__call__"][0])
 
 
 # --- runs on mock data -------------------------------------------------------------------------

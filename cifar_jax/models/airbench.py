@@ -22,6 +22,7 @@ replaced from the data with `init_whitening` (`AirbenchNet.init_from_data`, whic
 train state applies).
 """
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -72,13 +73,21 @@ def normalize(images):
     return (images - jnp.asarray(CIFAR_MEAN)) / jnp.asarray(CIFAR_STD)
 
 
+WHITEN_METHODS = ("eigh", "svd")  # how `whitening_kernel` takes the covariance's eigenpairs
+
+# The conv groups' activation, by name (a setting): airbench's exact GELU (torch's nn.GELU()),
+# or cifar10-speedrun's SiLU.
+ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=False), "silu": nn.silu}
+
+
 class ConvGroup(nn.Module):
-    """conv1 3x3 -> max pool 2 -> norm1 -> GELU -> conv2 3x3 -> norm2 -> GELU; no residual."""
+    """conv1 3x3 -> max pool 2 -> norm1 -> act -> conv2 3x3 -> norm2 -> act; no residual."""
 
     features: int
     batchnorm_momentum: float = 0.6
     dtype: Any = jnp.float32
     conv: Callable = lax.conv_general_dilated
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -107,9 +116,13 @@ class ConvGroup(nn.Module):
         # outputs and gradients for 11% fewer FLOPs in the network (+15% images/s on 2 CPU cores).
         x = conv("conv1", same_padding_for_pool(x.shape[1:3], 3))(x)
         x = max_pool_2x2(x)
-        x = nn.gelu(norm("norm1")(x), approximate=False)  # torch's nn.GELU() is the exact one
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r}: choose one of "
+                             f"{', '.join(ACTIVATIONS)}")
+        act = ACTIVATIONS[self.activation]
+        x = act(norm("norm1")(x))
         x = conv("conv2")(x)
-        return nn.gelu(norm("norm2")(x), approximate=False)
+        return act(norm("norm2")(x))
 
 
 class AirbenchNet(nn.Module):
@@ -124,6 +137,9 @@ class AirbenchNet(nn.Module):
     batchnorm_momentum: float = 0.6
     scaling_factor: float = 1 / 9
     whiten_width: int = 24  # 2 * 3 * 2 * 2: the 12 whitening filters and their negations
+    whiten_images: int = 5000  # the first training images the stem's filters come from
+    whiten_method: str = "eigh"  # or "svd" (cifar10-speedrun's): see `whitening_kernel`
+    activation: str = "gelu"  # the conv groups': "gelu" or "silu" (`ACTIVATIONS`)
     num_classes: int = 10
     dtype: Any = jnp.float32
     conv: Callable = lax.conv_general_dilated
@@ -134,6 +150,9 @@ class AirbenchNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        if self.whiten_method not in WHITEN_METHODS:  # said before the stem is initialised
+            raise ValueError(f"whiten_method {self.whiten_method!r}: choose one of "
+                             f"{', '.join(WHITEN_METHODS)}")
         x = normalize(x)
         x = nn.Conv(self.whiten_width, (2, 2), padding="VALID", use_bias=True,
                     kernel_init=dirac_init(), bias_init=self.whiten_bias_init,
@@ -142,6 +161,7 @@ class AirbenchNet(nn.Module):
         x = nn.gelu(x, approximate=False)
         for i, width in enumerate(self.widths):
             x = ConvGroup(width, self.batchnorm_momentum, dtype=self.dtype, conv=self.conv,
+                          activation=self.activation,
                           name=f"group{i + 1}")(x, train)
         x = x.max(axis=(1, 2))  # MaxPool2d(3) on the last 3x3, then flatten
         x = nn.Dense(self.num_classes, use_bias=False, kernel_init=self.head_init,
@@ -150,9 +170,9 @@ class AirbenchNet(nn.Module):
 
     @nn.nowrap
     def init_from_data(self, variables, images):
-        """The whitening stem's filters, from the first 5,000 training `images` (uint8), as the
-        original's `init_whitening_conv(..., train_images[:5000])`."""
-        return init_whitening(variables, images[:5000])
+        """The whitening stem's filters, from the first `whiten_images` training `images`
+        (uint8), as the original's `init_whitening_conv(..., train_images[:5000])`."""
+        return init_whitening(variables, images[:self.whiten_images], method=self.whiten_method)
 
 
 def torch_conv_bias_init(key, shape, dtype=jnp.float32):
@@ -183,11 +203,15 @@ class AirbenchMuonNet(AirbenchNet):
 
     @nn.nowrap
     def init_from_data(self, variables, images):
-        """The stem's filters from the first 5,000 training `images` (uint8), in the original's
-        order: eigenvalues ascending (the 12 filters, then their 12 negations). `init_whitening`
-        gives them largest first, as airbench94's legacy code; reversing each half is the
-        original's order, as no eigenvalue is repeated."""
-        variables = init_whitening(variables, images[:5000])
+        """The stem's filters from the first `whiten_images` training `images` (uint8), in the
+        original's order: eigenvalues ascending (the 12 filters, then their 12 negations).
+        `init_whitening` gives them largest first, as airbench94's legacy code; reversing each
+        half is the original's order, as no eigenvalue is repeated. With whiten_method="svd"
+        (cifar10-speedrun's), largest first, as the SVD gives them."""
+        variables = init_whitening(variables, images[:self.whiten_images],
+                                   method=self.whiten_method)
+        if self.whiten_method == "svd":
+            return variables
         kernel = variables["params"]["whiten"]["kernel"]
         half = kernel.shape[-1] // 2
         kernel = jnp.concatenate([kernel[..., half - 1::-1], kernel[..., :half - 1:-1]], axis=-1)
@@ -210,7 +234,7 @@ def _patch_covariance(images):
     return jnp.dot(patches.T, patches, precision=lax.Precision.HIGHEST) / patches.shape[0]
 
 
-def whitening_kernel(images, eps=5e-4):
+def whitening_kernel(images, eps=5e-4, method="eigh"):
     """The stem's kernel [2, 2, 3, 24] (HWIO) that whitens the 2x2 patches of `images`.
 
     `images`: float in [0, 1], [N, 32, 32, 3] (the recipe uses the first 5,000 training
@@ -219,25 +243,35 @@ def whitening_kernel(images, eps=5e-4):
     v / sqrt(lambda + eps), then their negations. The original flattens patches as (c, h, w)
     and reshapes v into an OIHW filter; flattening as (h, w, c) and reshaping into HWI is the
     same filter, since an eigendecomposition does not depend on the order of the coordinates
-    (eigenvector signs are arbitrary in both).
+    (eigenvector signs are arbitrary in both). method="svd" takes the eigenpairs from the SVD
+    of C (symmetric and positive semi-definite: its singular values are its eigenvalues,
+    largest first) and divides by them with rsqrt, as cifar10-speedrun's init_whiten.
     """
     images = jnp.asarray(images)
     if jnp.issubdtype(images.dtype, jnp.integer):
         images = images.astype(jnp.float32) / 255.0
-    eigenvalues, eigenvectors = jnp.linalg.eigh(_patch_covariance(images))  # ascending
-    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
-    filters = (eigenvectors / jnp.sqrt(eigenvalues + eps)).reshape(2, 2, 3, 12)
+    covariance = _patch_covariance(images)
+    if method == "svd":
+        eigenvectors, eigenvalues, _ = jnp.linalg.svd(covariance)  # descending
+        filters = (eigenvectors * lax.rsqrt(eigenvalues + eps)).reshape(2, 2, 3, 12)
+    elif method == "eigh":
+        eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)  # ascending
+        eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+        filters = (eigenvectors / jnp.sqrt(eigenvalues + eps)).reshape(2, 2, 3, 12)
+    else:
+        raise ValueError(f"whiten_method {method!r}: choose one of {', '.join(WHITEN_METHODS)}")
     return jnp.concatenate([filters, -filters], axis=-1).astype(jnp.float32)
 
 
-def init_whitening(variables, images, eps=5e-4):
-    """`variables` with params["whiten"]["kernel"] set by `whitening_kernel(images, eps)`.
+def init_whitening(variables, images, eps=5e-4, method="eigh"):
+    """`variables` with params["whiten"]["kernel"] set by `whitening_kernel(images, eps,
+    method)`.
 
     Pure: returns a new dict; `variables` is left as it was. The kernel is meant to stay
     fixed in training (the optimiser should not update it).
     """
     params = variables["params"]
-    kernel = whitening_kernel(images, eps)
+    kernel = whitening_kernel(images, eps, method)
     if kernel.shape != params["whiten"]["kernel"].shape:
         raise ValueError(f"whitening kernel {kernel.shape} does not fit the stem's "
                          f"{params['whiten']['kernel'].shape} (whiten_width must be 24)")
