@@ -23,6 +23,12 @@ named as the step passes them, and its own settings are set as `--augment.transl
   32x32x3) the fastest in float32 of the forms tried (vmapped `lax.dynamic_slice`, a two-stage
   select over the 2*pad+1 shifts, a per-pixel gather) and level with the per-pixel gather in
   uint8.
+- `colour_jitter(images, key, brightness=0.1, contrast=0.1)`: hiverge/cifar10-speedrun's
+  colour jitter, in the normalised space airbench's network sees, n = (x / 255 - mean) / std
+  per channel (`data.CIFAR_MEAN`, `data.CIFAR_STD`): n' = (n + b) * c, b ~ U(-brightness,
+  brightness) and c ~ U(1 - contrast, 1 + contrast) per image (b from the first key of
+  `split(key)`, c from the second). Returns float32 pixels in the 0-255 scale, unrounded
+  (the step scales them as it scales uint8), so it goes last in `--augment`.
 - `cutout(images, key, size=8)`: zero a size x size square whose centre (cy, cx) is
   uniform over the image; the square covers rows [cy - size//2, cy - size//2 + size) and the
   same for columns, clipped at the border (DeVries & Taylor 2017, so a square near the edge is
@@ -45,6 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cifar_jax.data import CIFAR_MEAN, CIFAR_STD
 from cifar_jax.registry import call, lookup
 
 
@@ -119,6 +126,17 @@ def random_translate(images, key, pad=2):
         cols, starts, dnums, slice_sizes=(1, 1, w, c),
         mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,  # in bounds by construction
     )
+
+
+def colour_jitter(images, key, brightness=0.1, contrast=0.1):
+    """Each image's brightness shifted and contrast scaled in the normalised space (see the
+    module docstring): x' = 255 (mean + (x / 255 - mean + std b) c), float32."""
+    shape = (images.shape[0], 1, 1, 1)
+    shift_key, scale_key = jax.random.split(key)
+    shift = jax.random.uniform(shift_key, shape, minval=-brightness, maxval=brightness)
+    scale = 1 + jax.random.uniform(scale_key, shape, minval=-contrast, maxval=contrast)
+    mean, std = 255 * jnp.asarray(CIFAR_MEAN), 255 * jnp.asarray(CIFAR_STD)
+    return mean + (images.astype(jnp.float32) - mean + std * shift) * scale
 
 
 def _cutout_centres(key, batch, height, width):

@@ -90,7 +90,8 @@ class Config:
     lookahead: bool = _setting(False, "lookahead: every 5 steps, move an average of the weights "
                                       "towards them and continue from it (airbench's schedule)")
     augment: str = _setting("", "on-device augmentations, comma-separated, applied in that "
-                                "order: flip, alternating_flip, translate, cutout, registered "
+                                "order: flip, alternating_flip, translate, cutout, "
+                                "colour_jitter (last: it returns float pixels), registered "
                                 "names, or module:attribute, each " + CONTRACTS["augmentation"])
     tta: int = _setting(0, "test-time augmentation of the final evaluation: 0 none, 1 mirror, "
                            "2 mirror and 1-pixel translations (6 views)", choices=(0, 1, 2))

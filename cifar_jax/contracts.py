@@ -94,9 +94,18 @@ def _augmentations(config, n_train):
                        lambda x, v, k=k: augment.apply(
                            x, recipe.pieces(v)[1][k:k + 1], jax.random.key(0), jax.random.key(1),
                            indices=jnp.arange(BATCH), epoch=0), uint8, _values(recipe))
-        if (getattr(out, "shape", None), getattr(out, "dtype", None)) != (uint8.shape, uint8.dtype):
+        if (getattr(out, "shape", None) != uint8.shape
+                or getattr(out, "dtype", None) not in (jnp.uint8, jnp.float32)):
             _fail("augmentation", name, f"returns {_describe(out)} for uint8 images "
                   f"{list(uint8.shape)}")
+        if out.dtype == jnp.float32 and not recipe.swept:  # the 0-255 scale, not [0, 1]
+            white = jnp.full(uint8.shape, 255, jnp.uint8)
+            top = float(jnp.max(augment.apply(white, recipe.pieces()[1][k:k + 1],
+                                              jax.random.key(0), jax.random.key(1),
+                                              indices=jnp.arange(BATCH), epoch=0)))
+            if top <= 2:
+                _fail("augmentation", name, f"returns float32 pixels up to {top:g} for white "
+                      "uint8 images: float pixels stay in the 0-255 scale")
 
 
 def _loss(config, n_train):

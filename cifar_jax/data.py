@@ -189,8 +189,15 @@ def _gathered(images, labels):
     return parallel.gather_from_processes(images), parallel.gather_from_processes(labels)
 
 
+# The training set's per-channel mean and std of the pixels in [0, 1] (airbench's figures), by
+# which airbench's network normalises its input and the colour jitter works.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
 def to_float(images):
-    """uint8 pixels -> float32 in [0, 1]; works on numpy and on jax arrays, inside jit too."""
+    """Pixels (uint8, or float in the same 0-255 scale: a colour jitter's) -> float32 in
+    [0, 1]; works on numpy and on jax arrays, inside jit too."""
     return jnp.asarray(images, jnp.float32) / 255.0
 
 

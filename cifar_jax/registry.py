@@ -33,7 +33,8 @@ CONTRACTS = {
     "optimizer": "a function of the learning rate (a number; the run's schedule scales its "
                  "updates) returning an optax.GradientTransformation",
     "augmentation": "a pure function (images, key) of uint8 images [B, 32, 32, 3] and a PRNG "
-                    "key, returning uint8 images of the same shape",
+                    "key, returning images of the same shape: uint8, or float32 in the same "
+                    "0-255 scale (a colour change that needs finer steps)",
     "loss": "a function (logits [B, 10], labels int [B]) returning the per-example losses [B]",
 }
 

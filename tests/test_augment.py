@@ -14,6 +14,7 @@ import pytest
 
 from cifar_jax import augment as aug
 from cifar_jax.config import REGISTRY, ExtensionError
+from cifar_jax.data import CIFAR_MEAN, CIFAR_STD
 
 KEY = jax.random.key(0)
 B = 512  # big enough for the statistical checks, small enough for numpy loops
@@ -212,7 +213,8 @@ def _apply(x, key, run_key, indices, epoch, names):
 
 
 def test_the_built_in_augmentations_are_registered_as_a_users_would_be():
-    assert list(REGISTRY["augmentation"]) == ["flip", "alternating_flip", "translate", "cutout"]
+    assert list(REGISTRY["augmentation"]) == ["flip", "alternating_flip", "translate", "cutout",
+                                               "colour_jitter"]
     assert REGISTRY["augmentation"]["translate"].obj is aug.random_translate
 
 
@@ -241,4 +243,24 @@ def test_apply_names_an_unknown_augmentation():
     with pytest.raises(ExtensionError) as err:
         aug.apply(jnp.zeros((2, 32, 32, 3), jnp.uint8), (("flip", {}), ("mixup", {})), KEY, KEY)
     assert str(err.value) == ("unknown augmentation 'mixup': choose one of flip, alternating_flip, "
-                              "translate, cutout, or name yours as module:attribute")
+                              "translate, cutout, colour_jitter, or name yours as module:attribute")
+
+
+def test_colour_jitter_is_cifar10_speedruns_in_the_normalised_space():
+    """cifar10-speedrun's batch_color_jitter on normalised images (inputs + b, then * c), with
+    the draws the docstring names; the result in the 0-255 pixel scale, unrounded."""
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), np.uint8)
+    key = jax.random.key(3)
+    out = np.asarray(aug.colour_jitter(jnp.asarray(images), key, 0.1399, 0.1308),
+                     np.float64)
+    shift_key, scale_key = jax.random.split(key)
+    b = np.asarray(jax.random.uniform(shift_key, (64, 1, 1, 1), minval=-0.1399, maxval=0.1399))
+    c = 1 + np.asarray(jax.random.uniform(scale_key, (64, 1, 1, 1), minval=-0.1308,
+                                          maxval=0.1308))
+    mean, std = np.array(CIFAR_MEAN), np.array(CIFAR_STD)
+    normalised = (images / 255 - mean) / std
+    jittered = (normalised + b) * c  # the original's order: brightness, then contrast
+    np.testing.assert_allclose((out / 255 - mean) / std, jittered, rtol=1e-5, atol=1e-4)
+    assert out.dtype == np.float64 and np.abs(b).max() <= 0.1399 and np.abs(c - 1).max() <= 0.1308
+    assert len(np.unique(b)) == 64  # one draw per image
+    assert out.max() > 255 or out.min() < 0  # not clipped to the uint8 range

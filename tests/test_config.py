@@ -44,8 +44,8 @@ def test_the_config_imports_only_the_registry():
     ({"settings": {"label_smoothing": 0.1}},
      "settings: 'label_smoothing' is not a piece's setting KIND.NAME (write loss.label_smoothing)"),
     ({"augment": "flip,mixup"}, ("unknown augmentation 'mixup': choose one of flip, "
-                                "alternating_flip, translate, cutout, or name yours as "
-                                "module:attribute")),
+                                "alternating_flip, translate, cutout, colour_jitter, or name "
+                                "yours as module:attribute")),
     ({"augment": "flip,translate,flip"}, ("augmentation 'flip' is listed twice in augment "
                                          "'flip,translate,flip'")),
     ({"settings": {"optimizer.momentum": 0.9}}, ("optimizer.momentum: optimizer 'adam' has no "

@@ -178,8 +178,8 @@ SHAPE, UINT8 = "[B, 32, 32, 3]", "uint8 images [B, 32, 32, 3]"
      ("optimizer 'pieces:not_tx' returned a function, not an optax.GradientTransformation; "
      "expected {optimizer}")),
     (["--augment", "flip,pieces:to_float"],
-     ("augmentation 'pieces:to_float' returns float32 [2, 32, 32, 3] for uint8 images "
-     "[2, 32, 32, 3]; expected {augmentation}")),
+     ("augmentation 'pieces:to_float' returns float32 pixels up to 1 for white uint8 images: "
+     "float pixels stay in the 0-255 scale; expected {augmentation}")),
     (["--augment", "pieces:crop"],
      ("augmentation 'pieces:crop' returns uint8 [2, 28, 28, 3] for uint8 images [2, 32, 32, 3]; "
      "expected {augmentation}")),

@@ -32,13 +32,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cifar_jax.data import CIFAR_MEAN, CIFAR_STD
 from cifar_jax.ops import max_pool_2x2, same_padding_for_pool
 
 __all__ = ["CIFAR_MEAN", "CIFAR_STD", "AirbenchNet", "ConvGroup", "dirac_init", "init_whitening",
            "normalize", "torch_default_init", "whitening_kernel"]
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 # PyTorch's default for Conv2d and Linear weights, kaiming_uniform_(a=sqrt(5)):
 # bound = gain * sqrt(3 / fan_in) with gain^2 = 2 / (1 + 5), i.e. bound = 1 / sqrt(fan_in);

@@ -12,6 +12,7 @@ register_augmentation("flip", augment.random_flip)
 register_augmentation("alternating_flip", augment.alternating_flip)
 register_augmentation("translate", augment.random_translate)
 register_augmentation("cutout", augment.cutout)
+register_augmentation("colour_jitter", augment.colour_jitter)
 register_loss("cross_entropy", steps.cross_entropy)
 
 from cifar_jax.recipes import tutorial, airbench94, airbench94_muon  # noqa: F401, I001 - they name the parts above
