@@ -94,7 +94,9 @@ class Config:
                                 "colour_jitter (last: it returns float pixels), registered "
                                 "names, or module:attribute, each " + CONTRACTS["augmentation"])
     tta: int = _setting(0, "test-time augmentation of the final evaluation: 0 none, 1 mirror, "
-                           "2 mirror and 1-pixel translations (6 views)", choices=(0, 1, 2))
+                           "2 mirror and 1-pixel translations (6 views), 3 selective: the 6 "
+                           "views, weighted alike, for the least confident quarter of the "
+                           "images only (cifar10-speedrun's)", choices=(0, 1, 2, 3))
     eval_batch_size: int = _setting(1000, "evaluation batch size (the results do not depend on it)",
                                     positive=True, sweep=False)
     dtype: str = _setting("float32", "computation dtype: 'bfloat16' runs activations and matmuls "

@@ -134,12 +134,18 @@ def train_step(state, batch, key):
     return new, _metrics(logits, losses, batch)
 
 
+SELECTIVE = 3  # the test-time augmentation level of cifar10-speedrun's selective TTA
+SELECTIVE_FRACTION = 0.25  # of the images, the least confident, that get its views
+
+
 def tta_logits(apply, variables, images, level=0):
     """The model's logits on `images`, averaged over test-time views (airbench's levels).
 
     0: the images alone; 1: the mean with their mirror images; 2: half of that, plus half the
     mirror-averaged logits of the images shifted one pixel up-left and one down-right (reflect
-    padding): 6 views.
+    padding): 6 views. 3 (`SELECTIVE`, cifar10-speedrun's): the images alone, but for the
+    int(N x SELECTIVE_FRACTION) least confident of them (the lowest top softmax probability),
+    which get the plain mean of the same 6 views (`_six_views`).
 
     The views go through the network in a loop (`lax.map`), not as six inlined copies of it:
     the program holds the network once, so it compiles in a third less time (airbench94 at
@@ -148,6 +154,10 @@ def tta_logits(apply, variables, images, level=0):
     """
     if level == 0:
         return apply(variables, images, train=False)
+    if level == SELECTIVE:
+        plain = apply(variables, images, train=False)
+        chosen = _least_confident(plain, jnp.ones(len(images)))
+        return jnp.where(chosen[:, None], _six_views(apply, variables, images), plain)
     views = [images, images[:, :, ::-1]]
     if level == 2:
         padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
@@ -158,6 +168,48 @@ def tta_logits(apply, variables, images, level=0):
     if level == 1:
         return mirrored[0]
     return 0.5 * mirrored[0] + 0.5 * (0.5 * (mirrored[1] + mirrored[2]))
+
+
+def _six_views(apply, variables, images):
+    """The mean logits of the images, them shifted one pixel up-left and down-right (reflect
+    padding), and the three mirrored: cifar10-speedrun's views, weighted alike."""
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    views = [images, padded[:, :-2, :-2], padded[:, 2:, 2:]]
+    views += [view[:, :, ::-1] for view in views]
+    return jax.lax.map(lambda x: apply(variables, x, train=False), jnp.stack(views)).mean(0)
+
+
+def _least_confident(logits, mask):
+    """Whether each example is among the int(real x SELECTIVE_FRACTION) real (mask 1) ones of
+    lowest top softmax probability (ties: the first)."""
+    confidence = jnp.where(mask > 0, jax.nn.softmax(logits).max(-1), jnp.inf)
+    ranks = jnp.argsort(jnp.argsort(confidence))
+    return ranks < jnp.floor(mask.sum() * SELECTIVE_FRACTION)
+
+
+def _selective_batches(state, images, idx, mask):
+    """Level `SELECTIVE`'s logits [batches, batch, 10] of the images `images[idx]`, chosen over
+    the whole set: a plain pass over every batch, then the six views for the least confident
+    only (in whole batches of them, as many as the fraction of all can fill)."""
+    apply, variables = state.apply_fn, state.variables
+    plain = jax.lax.map(lambda i: apply(variables, to_float(images[i]), train=False), idx)
+    batches, size = idx.shape
+    flat, positions = plain.reshape(batches * size, -1), idx.reshape(-1)
+    chosen = _least_confident(flat, mask.reshape(-1))
+    capacity = -(-math.ceil(batches * size * SELECTIVE_FRACTION) // size) * size
+    slots = jnp.argsort(~chosen, stable=True)[:capacity]  # the chosen first, in order
+    views = jax.lax.map(lambda slot: _six_views(apply, variables, to_float(images[slot])),
+                        positions[slots].reshape(-1, size)).reshape(capacity, -1)
+    new = jnp.where(chosen[slots][:, None], views, flat[slots])
+    return flat.at[slots].set(new).reshape(batches, size, -1)
+
+
+def _selective_eval(state, images, labels, idx, mask):
+    logits = _selective_batches(state, images, idx, mask)
+    batch = {"label": labels[idx].reshape(-1), "mask": mask.reshape(-1)}
+    flat = logits.reshape(batch["label"].shape[0], -1)
+    losses = optax.softmax_cross_entropy_with_integer_labels(flat, batch["label"])
+    return _summed(_no_sums(), _metrics(flat, losses, batch)), logits.argmax(-1)
 
 
 def eval_step(state, batch, tta=0):
@@ -238,22 +290,36 @@ def _eval_batches(state, images, labels, idx, mask, tta=0):
 def eval_batches(state, images, labels, idx, mask, tta=0):
     """`eval_step` over the batches `images[idx[k]]`: the metric sums (`_summed`) and the
     predictions, stacked by batch; for a stacked state, each model's, along a leading axis."""
-    if state.step.ndim:
-        return jax.vmap(lambda s: _eval_batches(s, images, labels, idx, mask, tta))(state)
-    return _eval_batches(state, images, labels, idx, mask, tta)
+    if tta == SELECTIVE:  # chosen over the whole set, not batch by batch
+        def evaluate(s):
+            return _selective_eval(s, images, labels, idx, mask)
+    else:
+        def evaluate(s):
+            return _eval_batches(s, images, labels, idx, mask, tta)
+    return jax.vmap(evaluate)(state) if state.step.ndim else evaluate(state)
 
 
 @functools.partial(jax.jit, static_argnames="tta")
 def ensemble_batches(state, images, labels, idx, mask, tta=0):
     """As `eval_batches`, for the ensemble of a stacked state's models: the mean of their
     softmaxes (each with test-time augmentation `tta`) is its prediction."""
+    def metrics(probs, batch):
+        losses = -jnp.log(jnp.take_along_axis(probs, batch["label"][:, None], 1)[:, 0])
+        return _metrics(probs, losses, batch)
+
+    if tta == SELECTIVE:  # each model chooses its own images, over the whole set
+        probs = jax.vmap(lambda s: jax.nn.softmax(_selective_batches(s, images, idx, mask)))(
+            state).mean(0)
+        batch = {"label": labels[idx].reshape(-1), "mask": mask.reshape(-1)}
+        flat = probs.reshape(batch["label"].shape[0], -1)
+        return _summed(_no_sums(), metrics(flat, batch)), probs.argmax(-1)
+
     def body(sums, batch_idx):
         batch = _gather(images, labels, *batch_idx)
         x = to_float(batch["image"])
         probs = jax.vmap(lambda s: jax.nn.softmax(tta_logits(s.apply_fn, s.variables, x, tta)))(
             state).mean(0)
-        losses = -jnp.log(jnp.take_along_axis(probs, batch["label"][:, None], 1)[:, 0])
-        return _summed(sums, _metrics(probs, losses, batch)), probs.argmax(-1)
+        return _summed(sums, metrics(probs, batch)), probs.argmax(-1)
 
     return jax.lax.scan(body, _no_sums(), (idx, mask))
 

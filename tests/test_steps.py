@@ -99,3 +99,60 @@ def test_a_loops_sums_are_the_float64_sums_of_its_steps():
     exact = np.sum(values, dtype=np.float64)
     assert abs(steps.summarise(sums)["loss"] * 32 * 1563 - exact) <= 1e-12 * exact
     assert abs(float(sums["loss_sum"]) - exact) > 1e-9 * exact  # float32 alone would not do
+
+
+def speedrun_tta(logits_of, images, quantile=0.25):
+    """cifar10-speedrun's `infer(..., tta_level=2)` (cifar10_speedrun.py at 5cd49b1) in NumPy,
+    NHWC: plain logits for all; the int(n x 0.25) least confident (lowest max softmax) get the
+    mean logits of 6 views: the images, them cropped from a 1-pixel reflect padding at the
+    top-left and the bottom-right, and the three mirrored."""
+    plain = logits_of(images)
+    probs = np.exp(plain - plain.max(1, keepdims=True))
+    confidence = (probs / probs.sum(1, keepdims=True)).max(1)
+    uncertain = np.argsort(confidence, kind="stable")[:int(len(images) * quantile)]
+    batch = images[uncertain]
+    padded = np.pad(batch, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    views = [batch, padded[:, 0:32, 0:32], padded[:, 2:34, 2:34]]
+    views += [v[:, :, ::-1] for v in views]
+    final = plain.copy()
+    final[uncertain] = np.mean([logits_of(v) for v in views], axis=0)
+    return final
+
+
+def test_selective_tta_is_cifar10_speedruns_in_one_call_and_over_batches():
+    state = new_state()
+    images, labels = fixed_batch(10, seed=3)["image"], fixed_batch(10, seed=3)["label"]
+    logits_of = lambda x: np.asarray(state.apply_fn(state.variables, data.to_float(x)))
+    ref = speedrun_tta(logits_of, np.asarray(images))
+    ours = steps.tta_logits(state.apply_fn, state.variables, data.to_float(images), steps.SELECTIVE)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    assert (np.abs(ours - logits_of(images)).max(1) > 0).sum() == 2  # int(10 x 0.25) changed
+    # batched (3 batches of 4, the last padded), choosing over the whole set: the same logits
+    idx, mask = data.batch_indices(10, 4)
+    sums, predicted = steps.eval_batches(state, images, labels, idx, mask, tta=steps.SELECTIVE)
+    real = np.asarray(mask).reshape(-1) > 0
+    np.testing.assert_array_equal(np.asarray(predicted).reshape(-1)[real], ref.argmax(1))
+    expected = optax.softmax_cross_entropy_with_integer_labels(ref, np.asarray(labels)).sum()
+    assert float(sums["count"]) == 10
+    np.testing.assert_allclose(float(sums["loss_sum"]), expected, rtol=1e-5)
+    assert float(sums["correct"]) == (ref.argmax(1) == np.asarray(labels)).sum()
+
+
+def test_selective_tta_of_n_models_and_of_their_ensemble():
+    """Each model chooses its own least confident images; the ensemble averages the softmaxes
+    of each model's selective logits."""
+    tx = optax.adam(1e-3)  # one: a stack's static parts are its members' alike
+    members = [train_state.create(CNN(), tx, jax.random.key(k)) for k in (0, 1)]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
+    images, labels = fixed_batch(10, seed=4)["image"], fixed_batch(10, seed=4)["label"]
+    idx, mask = data.batch_indices(10, 4)
+    real = np.asarray(mask).reshape(-1) > 0
+    logits = [steps.tta_logits(m.apply_fn, m.variables, data.to_float(images), steps.SELECTIVE)
+              for m in members]
+    _, predicted = steps.eval_batches(stacked, images, labels, idx, mask, tta=steps.SELECTIVE)
+    for i in range(2):
+        np.testing.assert_array_equal(np.asarray(predicted[i]).reshape(-1)[real],
+                                      np.argmax(logits[i], 1))
+    _, ensemble = steps.ensemble_batches(stacked, images, labels, idx, mask, tta=steps.SELECTIVE)
+    probs = np.mean([jax.nn.softmax(x) for x in logits], axis=0)
+    np.testing.assert_array_equal(np.asarray(ensemble).reshape(-1)[real], probs.argmax(1))
