@@ -40,8 +40,8 @@ def place_test_set(images, labels, eval_batch_size, mesh):
 
 def evaluate(state, test, tta=0):
     """({"loss", "accuracy"} over every test image, predicted classes as numpy [images]), with
-    test-time augmentation `tta` (0 none, 1 mirror, 2 mirror and translations). For a stacked
-    state of N models: ([N such dicts], predicted classes [N, images])."""
+    test-time augmentation `tta` (0 none, 1 mirror, 2 mirror and translations, 3 selective).
+    For a stacked state of N models: ([N such dicts], predicted classes [N, images])."""
     metrics, predictions = steps.eval_batches(state, *test, tta=tta)
     real = parallel.gather_from_processes(test.mask) > 0
     predictions = parallel.gather_from_processes(predictions)

@@ -289,7 +289,9 @@ def _eval_batches(state, images, labels, idx, mask, tta=0):
 @functools.partial(jax.jit, static_argnames="tta")
 def eval_batches(state, images, labels, idx, mask, tta=0):
     """`eval_step` over the batches `images[idx[k]]`: the metric sums (`_summed`) and the
-    predictions, stacked by batch; for a stacked state, each model's, along a leading axis."""
+    predictions, stacked by batch; for a stacked state, each model's, along a leading axis.
+    With `SELECTIVE` test-time augmentation the images that get the views are chosen over all
+    the batches (`_selective_batches`)."""
     if tta == SELECTIVE:  # chosen over the whole set, not batch by batch
         def evaluate(s):
             return _selective_eval(s, images, labels, idx, mask)
