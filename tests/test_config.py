@@ -57,7 +57,7 @@ def test_the_config_imports_only_the_registry():
         "augment.translate.pad: 'translate' is not among the run's augmentations (flip): add it "
         "to --augment, or drop the setting")),
     ({"reduction": "max"}, "unknown reduction 'max': choose one of mean, sum"),
-    ({"tta": 3}, "unknown tta 3: choose one of 0, 1, 2"),
+    ({"tta": 4}, "unknown tta 4: choose one of 0, 1, 2, 3"),
     ({"learning_rate": float("inf")}, "learning_rate must be a positive number, got inf"),
 ])
 def test_a_config_built_directly_is_validated(settings, message):
