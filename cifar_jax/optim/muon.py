@@ -130,7 +130,9 @@ def renormalize_filters(every=1, growth=0.0, eps=0.0, total_steps=None, learning
         scale = jnp.sqrt(jnp.asarray(p.shape[-1], p.dtype)) / (jnp.linalg.norm(p) + eps)
         return p * scale + u  # out: HWIO's O
 
-    if every == 1 and growth == 0 and not decay:
+    # A sweep gives its settings as traced values: only Python numbers can take the plain path.
+    if all(isinstance(v, (int, float)) for v in (every, growth, decay)) and (every, growth,
+                                                                               decay) == (1, 0, 0):
         return optax.stateless(lambda updates, params: jax.tree.map(
             lambda u, p: renormalized(u, p) - p, updates, params))
 
@@ -138,7 +140,7 @@ def renormalize_filters(every=1, growth=0.0, eps=0.0, total_steps=None, learning
         count, last = state
         done = count + 1  # the steps done, this one counted
         now = done - last >= every + jnp.floor(growth * done / total_steps).astype(jnp.int32)
-        factor = 1 - learning_rate(count) * decay if decay else 1.0
+        factor = 1 - learning_rate(count) * decay  # 1.0 exactly without decay
 
         def new_value(u, p):
             return jnp.where(now, renormalized(u, p), p + u) * factor

@@ -15,4 +15,5 @@ register_augmentation("cutout", augment.cutout)
 register_augmentation("colour_jitter", augment.colour_jitter)
 register_loss("cross_entropy", steps.cross_entropy)
 
-from cifar_jax.recipes import tutorial, airbench94, airbench94_muon  # noqa: F401, I001 - they name the parts above
+from cifar_jax.recipes import (  # noqa: F401, I001 - they name the parts above
+    tutorial, airbench94, airbench94_muon, cifar10_speedrun)
