@@ -34,7 +34,8 @@ def no_dataset(monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "resnet"], ("error: unknown model 'resnet': choose one of mlp, cnn, airbench94, "
-                            "airbench94_muon, or name yours as module:attribute")),
+                            "airbench94_muon, cifar10_speedrun, or name yours as "
+                            "module:attribute")),
     (["--epochs", "0"], "argument --epochs: must be a positive number, got '0'"),
     (["--epochs", "ten"], "argument --epochs: must be a positive number, got 'ten'"),
     (["--batch-size", "-32"], "argument --batch-size: must be a positive integer, got '-32'"),

@@ -34,7 +34,8 @@ def test_the_config_imports_only_the_registry():
 
 @pytest.mark.parametrize("settings, message", [
     ({"model": "resnet"}, ("unknown model 'resnet': choose one of mlp, cnn, airbench94, "
-                           "airbench94_muon, or name yours as module:attribute")),
+                           "airbench94_muon, cifar10_speedrun, or name yours as "
+                           "module:attribute")),
     ({"dtype": "float16"}, "unknown dtype 'float16': choose one of float32, bfloat16"),
     ({"batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
     ({"keep_checkpoints": True}, "keep_checkpoints must be an integer, got True"),
@@ -80,7 +81,8 @@ def test_every_field_is_a_flag_with_help_and_the_recipe_decides_defaults():
         if field.name != "settings":  # the pieces' own: --KIND.NAME (test_cli)
             assert field.name in flags and field.metadata["help"] in flags[field.name].help
     assert flags["keep_checkpoints"].option_strings == ["--keep"]
-    assert "(default: 10; mlp: 5; airbench94: 9.9; airbench94_muon: 8)" in flags["epochs"].help
+    assert ("(default: 10; mlp: 5; airbench94: 9.9; airbench94_muon: 8; cifar10_speedrun: 7.59)"
+            in flags["epochs"].help)
     assert flags["momentum"].help == "short for --optimizer.momentum"
     args = parser.parse_args(["--model", "mlp", "--no-download", "--keep", "2",
                               "--momentum", "0.9"])
@@ -89,7 +91,8 @@ def test_every_field_is_a_flag_with_help_and_the_recipe_decides_defaults():
     config = Config.for_model(**config_overrides(args))
     assert (config.optimizer, config.epochs, config.keep_checkpoints) == ("sgd", 5, 2)
     assert config.settings == {"optimizer.momentum": 0.9}
-    assert list(REGISTRY["model"]) == ["mlp", "cnn", "airbench94", "airbench94_muon"]
+    assert list(REGISTRY["model"]) == ["mlp", "cnn", "airbench94", "airbench94_muon",
+                                       "cifar10_speedrun"]
     assert RUNTIME_FIELDS == ("data_dir", "archive", "download", "keep_checkpoints")
 
 

@@ -195,7 +195,8 @@ def test_a_point_that_diverges_is_named_and_the_others_train_on(mock_cifar10, tm
     (["--sweep", "model.features=16,32;32,x"], ("--sweep model.features: model.features must be "
      "an integer, got 'x'")),
     (["--sweep", "model=cnn,resnet"], ("--sweep model: unknown model 'resnet': choose one of mlp, "
-     "cnn, airbench94, airbench94_muon, or name yours as module:attribute")),
+     "cnn, airbench94, airbench94_muon, cifar10_speedrun, or name yours as "
+     "module:attribute")),
     (["--sweep", "model=cnn,mlp", "--sweep", "model.features=8;16"], (
      "--sweep model.features: model 'mlp' (one the sweep trains) has no setting 'features'; its "
      "settings are hidden, num_classes")),

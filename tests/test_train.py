@@ -74,7 +74,8 @@ def test_config_defaults_follow_the_tutorial():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"model": "resnet"}, ("unknown model 'resnet': choose one of mlp, cnn, airbench94, "
-                           "airbench94_muon, or name yours as module:attribute")),
+                           "airbench94_muon, cifar10_speedrun, or name yours as "
+                           "module:attribute")),
     ({"optimizer": "rmsprop"}, ("unknown optimizer 'rmsprop': choose one of sgd, adam, nesterov, "
                                "muon, or name yours as module:attribute")),
     ({"epochs": 0}, "epochs must be a positive number, got 0"),
