@@ -1,10 +1,12 @@
 """The airbench recipes, cifar_jax beside their PyTorch ports (`benchmarks/airbench_torch.py`
-for airbench94, `benchmarks/airbench_muon_torch.py` for airbench94_muon), in one run on one
-machine: training images/s, and test accuracy (with TTA) over several seeds.
+for airbench94, `benchmarks/airbench_muon_torch.py` for airbench94_muon,
+`benchmarks/cifar10_speedrun_torch.py` for cifar10_speedrun), in one run on one machine:
+training images/s, and test accuracy (with TTA) over several seeds.
 
     python -m benchmarks.airbench --throughput                  # images/s at batch 1024, both sides
     python -m benchmarks.airbench --data-dir DIR --seeds 0 1 2 --epochs 2 --json out.json
     python -m benchmarks.airbench --recipe airbench94_muon --throughput   # batch 2000
+    python -m benchmarks.airbench --recipe cifar10_speedrun --throughput  # batch 1536
 
 Throughput: steady-state training steps on random data (compilation and warm-up apart), passes
 taken in turn so that drift hits both sides alike; the median counts. Accuracy: each seed trains
@@ -32,7 +34,8 @@ from cifar_jax.train import train_and_evaluate
 
 # recipe -> its PyTorch port's module, and the batch size it trains at
 PORTS = {"airbench94": ("benchmarks.airbench_torch", 1024),
-         "airbench94_muon": ("benchmarks.airbench_muon_torch", 2000)}
+         "airbench94_muon": ("benchmarks.airbench_muon_torch", 2000),
+         "cifar10_speedrun": ("benchmarks.cifar10_speedrun_torch", 1536)}
 
 
 def port(recipe):
@@ -120,7 +123,7 @@ def main(argv=None):
     p.add_argument("--throughput", action="store_true",
                    help="measure training images/s on random data instead of training")
     p.add_argument("--batch-size", type=int,
-                   help="throughput's batch (default: the recipe's, 1024 or 2000)")
+                   help="throughput's batch (default: the recipe's: 1024, 2000, 1536)")
     p.add_argument("--steps", type=int, default=4, help="throughput: steps per timed pass (default: 4)")
     p.add_argument("--repeats", type=int, default=5,
                    help="throughput: timed passes per side; the median counts (default: 5)")
@@ -128,7 +131,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="accuracy: seeds trained on each side (default: 0 1 2)")
     p.add_argument("--epochs", type=float,
-                   help="accuracy: epochs (default: the recipe's, 9.9 or 8)")
+                   help="accuracy: epochs (default: the recipe's: 9.9, 8, 7.59)")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    default="cuda" if jax.default_backend() == "gpu" else "cpu",
                    help="PyTorch's device (default: the one JAX uses)")
