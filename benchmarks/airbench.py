@@ -72,7 +72,9 @@ class JaxSide:
 
 def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94"):
     jax_side = JaxSide(batch_size, steps_per_pass, recipe=recipe)
-    torch_pass = port(recipe).throughput_pass(batch_size, steps_per_pass, device)
+    from benchmarks import torch_ports  # with PyTorch, as the port
+
+    torch_pass = torch_ports.throughput_pass(port(recipe), batch_size, steps_per_pass, device)
     result = interleaved_medians({"cifar_jax": jax_side.train_pass, "pytorch": torch_pass},
                                  repeats)
     result["ratio"] = result["cifar_jax"] / result["pytorch"]
@@ -84,6 +86,8 @@ def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94")
 
 
 def accuracy(data_dir, seeds, epochs, device, recipe="airbench94"):
+    from benchmarks import torch_ports  # with PyTorch, as the port
+
     splits = data.load_cifar10(data_dir, download=False)
     runs = {"cifar_jax": [], "pytorch": []}
     for seed in seeds:
@@ -94,8 +98,8 @@ def accuracy(data_dir, seeds, epochs, device, recipe="airbench94"):
         runs["cifar_jax"].append({"seed": seed, "test_accuracy": history[-1]["test_accuracy"],
                                   "test_accuracy_tta": history[-1]["test_accuracy_tta"],
                                   "train_seconds": sum(row["seconds"] for row in history)})
-        torch_run = port(recipe).train(*splits["train"], *splits["test"], seed=seed,
-                                         epochs=epochs, device=device, progress=False)
+        torch_run = torch_ports.train(port(recipe), *splits["train"], *splits["test"],
+                                      seed=seed, epochs=epochs, device=device, progress=False)
         runs["pytorch"].append({key: torch_run[key] for key in (
             "seed", "test_accuracy", "test_accuracy_tta", "train_seconds")})
         print(f"seed {seed}: " + "; ".join(

@@ -215,16 +215,5 @@ class Steps:
         pass
 
 
-def train(*args, **kwargs):
-    """airbench94_muon in PyTorch on uint8 NHWC images (`torch_ports.train`); `widths` other
-    than the recipe's are for tests on small sets."""
-    return torch_ports.train(sys.modules[__name__], *args, **kwargs)
-
-
-def throughput_pass(*args, **kwargs):
-    """Timed passes of airbench94_muon's training step (`torch_ports.throughput_pass`)."""
-    return torch_ports.throughput_pass(sys.modules[__name__], *args, **kwargs)
-
-
 if __name__ == "__main__":
     sys.exit(torch_ports.main(sys.modules[__name__]))

@@ -249,15 +249,5 @@ class Steps:
         self.lookahead.update(self.net, decay=1.0)  # the model takes the slow weights
 
 
-def train(*args, **kwargs):
-    """airbench94 in PyTorch on uint8 NHWC images (`torch_ports.train`)."""
-    return torch_ports.train(sys.modules[__name__], *args, **kwargs)
-
-
-def throughput_pass(*args, **kwargs):
-    """Timed passes of airbench94's training step (`torch_ports.throughput_pass`)."""
-    return torch_ports.throughput_pass(sys.modules[__name__], *args, **kwargs)
-
-
 if __name__ == "__main__":
     sys.exit(torch_ports.main(sys.modules[__name__]))

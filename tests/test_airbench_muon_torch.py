@@ -136,7 +136,8 @@ def _tiny_data(n_train, n_test):
 
 def test_train_tiny_run_is_reproducible():
     data = _tiny_data(12, 4)
-    runs = [abm.train(*data, seed=3, epochs=1.5, batch_size=4, progress=False, widths=(8, 16, 16))
+    runs = [torch_ports.train(abm, *data, seed=3, epochs=1.5, batch_size=4, progress=False,
+                              widths=(8, 16, 16))
             for _ in range(2)]
     r = runs[0]
     assert r["steps"] == math.ceil(3 * 1.5) == 5

@@ -107,7 +107,8 @@ def _tiny_data(n_train=64, n_test=32):
 
 def test_train_tiny_run_is_reproducible():
     data = _tiny_data(12, 4)
-    runs = [ab.train(*data, seed=3, epochs=1.5, batch_size=4, progress=False) for _ in range(2)]
+    runs = [torch_ports.train(ab, *data, seed=3, epochs=1.5, batch_size=4, progress=False)
+            for _ in range(2)]
     r = runs[0]
     assert r["steps"] == math.ceil(3 * 1.5) == 5
     assert [row["epoch"] for row in r["rows"]] == [1, 2]
@@ -125,7 +126,7 @@ def test_train_tiny_run_is_reproducible():
 
 def test_train_rejects_too_few_images():
     with pytest.raises(ValueError, match="no full batch"):
-        ab.train(*_tiny_data(8, 4), epochs=1, progress=False)
+        torch_ports.train(ab, *_tiny_data(8, 4), epochs=1, progress=False)
 
 
 def test_cli_flags():

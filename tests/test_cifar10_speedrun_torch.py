@@ -74,8 +74,8 @@ def test_a_short_run_on_tiny_data_and_its_selective_tta():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (28, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 28).astype(np.int32)
-    run = sr.train(images[:20], labels[:20], images[20:], labels[20:], seed=1, epochs=1.5,
-                   batch_size=4, progress=False, widths=(8, 16, 16))
+    run = torch_ports.train(sr, images[:20], labels[:20], images[20:], labels[20:], seed=1,
+                            epochs=1.5, batch_size=4, progress=False, widths=(8, 16, 16))
     assert run["steps"] == math.ceil(5 * 1.5) == 8
     assert [row["epoch"] for row in run["rows"]] == [1, 2]
     assert all(math.isfinite(row["train_loss"]) for row in run["rows"])
