@@ -119,15 +119,16 @@ class Muon(torch.optim.Optimizer):
 # ----------------------------------------------------------------------------------------------
 
 class CifarNet(nn.Module):
-    """airbench94's network (airbench_torch's conv groups) with airbench94_muon's stem and head."""
+    """airbench94's network (airbench_torch's conv groups, or `group`) with airbench94_muon's
+    stem and head."""
 
-    def __init__(self, widths=WIDTHS):
+    def __init__(self, widths=WIDTHS, group=ab.ConvGroup):
         super().__init__()
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)  # PyTorch's default init
         self.whiten.weight.requires_grad_(False)
-        self.group1 = ab.ConvGroup(24, widths[0])
-        self.group2 = ab.ConvGroup(widths[0], widths[1])
-        self.group3 = ab.ConvGroup(widths[1], widths[2])
+        self.group1 = group(24, widths[0])
+        self.group2 = group(widths[0], widths[1])
+        self.group3 = group(widths[1], widths[2])
         self.head = nn.Linear(widths[2], 10, bias=False)
         with torch.no_grad():
             self.head.weight.mul_(1 / self.head.weight.std())  # the original's reset()
@@ -182,7 +183,7 @@ def optimizer_step(optimizers, step, total_steps, whiten_steps):
     `whiten_steps` (it has no gradient afterwards), every other over `total_steps`."""
     sgd, muon = optimizers
     for group in sgd.param_groups[:1]:
-        group["lr"] = group["initial_lr"] * (1 - step / whiten_steps)
+        group["lr"] = group["initial_lr"] * (1 - step / max(1, whiten_steps))
     for group in sgd.param_groups[1:] + muon.param_groups:
         group["lr"] = group["initial_lr"] * (1 - step / total_steps)
     for opt in optimizers:
@@ -194,10 +195,16 @@ class Steps:
     cross-entropy, then SGD and Muon at the rates of this step; the stem's bias has a gradient
     in its first ceil(WHITEN_BIAS_EPOCHS x steps per epoch) steps only."""
 
+    label_smoothing = LABEL_SMOOTHING
+    whiten_bias_epochs = WHITEN_BIAS_EPOCHS
+
     def __init__(self, net, batch_size, total_steps, steps_per_epoch):
         self.net, self.total_steps = net, total_steps
-        self.whiten_steps = math.ceil(WHITEN_BIAS_EPOCHS * steps_per_epoch)
-        self.optimizers = make_optimizers(net, batch_size)
+        self.whiten_steps = math.ceil(self.whiten_bias_epochs * steps_per_epoch)
+        self.optimizers = self.make_optimizers(net, batch_size, total_steps)
+
+    def make_optimizers(self, net, batch_size, total_steps):
+        return make_optimizers(net, batch_size)
 
     def epoch(self, epoch):
         pass
@@ -205,7 +212,8 @@ class Steps:
     def step(self, inputs, labels, step):
         """Step `step` (0-based); (outputs, summed loss)."""
         outputs = self.net(inputs, whiten_bias_grad=step < self.whiten_steps)
-        loss = F.cross_entropy(outputs, labels, label_smoothing=LABEL_SMOOTHING, reduction="sum")
+        loss = F.cross_entropy(outputs, labels, label_smoothing=self.label_smoothing,
+                               reduction="sum")
         loss.backward()
         optimizer_step(self.optimizers, step, self.total_steps, self.whiten_steps)
         self.net.zero_grad(set_to_none=True)

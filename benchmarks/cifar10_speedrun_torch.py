@@ -14,13 +14,13 @@ original keeps a momentum only for half-precision buffers: its `step` tests `== 
 here any dtype). Not done: torch.compile, the warm-up run on random data, CUDA-event timing.
 """
 
-import math
+import functools
 import sys
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from benchmarks import airbench_muon_torch as abm
 from benchmarks import airbench_torch as ab
 from benchmarks import torch_ports
 
@@ -172,45 +172,12 @@ class Muon(torch.optim.Optimizer):
 # Network
 # ----------------------------------------------------------------------------------------------
 
-class ConvGroup(nn.Module):
-    """airbench's conv group (`airbench_torch`'s convolutions and BatchNorm) with SiLU and the
-    speedrun's BatchNorm momentum."""
-
-    def __init__(self, c_in, c_out):
-        super().__init__()
-        self.conv1 = ab.DiracConv(c_in, c_out)
-        self.norm1 = ab.ShiftOnlyBatchNorm(c_out, momentum=BN_MOMENTUM)
-        self.conv2 = ab.DiracConv(c_out, c_out)
-        self.norm2 = ab.ShiftOnlyBatchNorm(c_out, momentum=BN_MOMENTUM)
-
-    def forward(self, x):
-        x = F.silu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
-        return F.silu(self.norm2(self.conv2(x)))
-
-
-class CifarNet(nn.Module):
-    def __init__(self, widths=WIDTHS):
-        super().__init__()
-        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)  # PyTorch's default init
-        self.whiten.weight.requires_grad_(False)
-        self.group1 = ConvGroup(24, widths[0])
-        self.group2 = ConvGroup(widths[0], widths[1])
-        self.group3 = ConvGroup(widths[1], widths[2])
-        self.head = nn.Linear(widths[2], 10, bias=False)
-        with torch.no_grad():
-            self.head.weight.mul_(1.0 / self.head.weight.std())  # the original's reset()
-
-    def forward(self, x, whiten_bias_grad=True):
-        b = self.whiten.bias
-        x = F.gelu(F.conv2d(x, self.whiten.weight, b if whiten_bias_grad else b.detach()))
-        x = self.group3(self.group2(self.group1(x)))
-        x = F.max_pool2d(x, 3).flatten(1)
-        return self.head(x) / x.size(-1)
-
-
 def make_net(device, widths=WIDTHS):
-    """The network on `device`, as the original places it (`torch_ports.on_device`)."""
-    return torch_ports.on_device(CifarNet(widths), device)
+    """The original's `CifarNet` on `device`, as it places it (`torch_ports.on_device`):
+    airbench94_muon's network (`airbench_muon_torch.CifarNet`) with SiLU in the conv groups and
+    BatchNorm momentum 0.5566."""
+    group = functools.partial(ab.ConvGroup, activation=F.silu, bn_momentum=BN_MOMENTUM)
+    return torch_ports.on_device(abm.CifarNet(widths, group), device)
 
 
 @torch.no_grad()
@@ -257,36 +224,17 @@ def make_optimizers(net, batch_size, total_steps):
     return sgd, muon
 
 
-class Steps:
-    """cifar10_speedrun's training step, for `torch_ports`' loop: the summed smoothed
-    cross-entropy, the learning rates of this step, then SGD and Muon; the stem's bias has a
-    gradient in its first ceil(0.19 x steps per epoch) steps only."""
+class Steps(abm.Steps):
+    """cifar10_speedrun's training step, for `torch_ports`' loop: airbench94_muon's (the summed
+    smoothed cross-entropy, then SGD and Muon at the rates of this step; the stem's bias has a
+    gradient in its first ceil(0.19 x steps per epoch) steps only), with this recipe's numbers
+    and optimisers."""
 
-    def __init__(self, net, batch_size, total_steps, steps_per_epoch):
-        self.net, self.total_steps = net, total_steps
-        self.whiten_steps = math.ceil(WHITEN_BIAS_EPOCHS * steps_per_epoch)
-        self.optimizers = make_optimizers(net, batch_size, total_steps)
+    label_smoothing = LABEL_SMOOTHING
+    whiten_bias_epochs = WHITEN_BIAS_EPOCHS
 
-    def epoch(self, epoch):
-        pass
-
-    def step(self, inputs, labels, step):
-        """Step `step` (0-based); (outputs, summed loss)."""
-        outputs = self.net(inputs, whiten_bias_grad=step < self.whiten_steps)
-        loss = F.cross_entropy(outputs, labels, label_smoothing=LABEL_SMOOTHING, reduction="sum")
-        loss.backward()
-        sgd, muon = self.optimizers
-        sgd.param_groups[0]["lr"] = sgd.param_groups[0]["initial_lr"] * (
-            1 - step / max(1, self.whiten_steps))
-        for group in sgd.param_groups[1:] + muon.param_groups:
-            group["lr"] = group["initial_lr"] * (1 - step / self.total_steps)
-        for opt in self.optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return outputs, loss
-
-    def finish(self):
-        pass
+    def make_optimizers(self, net, batch_size, total_steps):
+        return make_optimizers(net, batch_size, total_steps)
 
 
 if __name__ == "__main__":
