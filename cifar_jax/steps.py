@@ -204,10 +204,15 @@ def _selective_batches(state, images, idx, mask):
     return flat.at[slots].set(new).reshape(batches, size, -1)
 
 
+def _flat(labels, idx, mask, outputs):
+    """(the batches' labels and mask as one batch, `outputs` [batches, batch, 10] as one)."""
+    batch = {"label": labels[idx].reshape(-1), "mask": mask.reshape(-1)}
+    return batch, outputs.reshape(batch["label"].shape[0], -1)
+
+
 def _selective_eval(state, images, labels, idx, mask):
     logits = _selective_batches(state, images, idx, mask)
-    batch = {"label": labels[idx].reshape(-1), "mask": mask.reshape(-1)}
-    flat = logits.reshape(batch["label"].shape[0], -1)
+    batch, flat = _flat(labels, idx, mask, logits)
     losses = optax.softmax_cross_entropy_with_integer_labels(flat, batch["label"])
     return _summed(_no_sums(), _metrics(flat, losses, batch)), logits.argmax(-1)
 
@@ -312,8 +317,7 @@ def ensemble_batches(state, images, labels, idx, mask, tta=0):
     if tta == SELECTIVE:  # each model chooses its own images, over the whole set
         probs = jax.vmap(lambda s: jax.nn.softmax(_selective_batches(s, images, idx, mask)))(
             state).mean(0)
-        batch = {"label": labels[idx].reshape(-1), "mask": mask.reshape(-1)}
-        flat = probs.reshape(batch["label"].shape[0], -1)
+        batch, flat = _flat(labels, idx, mask, probs)
         return _summed(_no_sums(), metrics(flat, batch)), probs.argmax(-1)
 
     def body(sums, batch_idx):
