@@ -97,28 +97,40 @@ def test_optimizers_step_as_the_jax_recipe():
     update = jax.jit(tx.update)
     rng = np.random.default_rng(0)
     for step in range(total - 1):
-        for name, p in net.named_parameters():
-            p.grad = None
-            if p.requires_grad and not (name == "whiten.bias" and step >= whiten_steps):
-                p.grad = torch.from_numpy(rng.standard_normal(p.shape).astype(np.float32))
-        grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p))
-                 for name, p in net.named_parameters()}
-        # the same gradients, in the Flax layout (zeros where torch has none: the JAX side
-        # ignores the stem kernel's and, after its steps, the stem bias's)
-        with torch.no_grad():
-            saved = [p.clone() for p in net.parameters()]
-            for p, g in zip(net.parameters(), grads.values()):
-                p.copy_(g)
-            flax_grads = _flax_tree(net)
-            for p, s in zip(net.parameters(), saved):
-                p.copy_(s)
+        flax_grads = random_grads(net, rng, stem_bias=step < whiten_steps)
         abm.optimizer_step(optimizers, step, total, whiten_steps)
         updates, state = update(flax_grads, state, params)
         params = optax.apply_updates(params, updates)
-        want = _flax_tree(net)
-        for path, got in jax.tree_util.tree_leaves_with_path(params):
-            np.testing.assert_allclose(got, _at(want, path), rtol=1e-5, atol=1e-6,
-                                       err_msg=f"{jax.tree_util.keystr(path)} at step {step}")
+        assert_same_params(params, net, step, rtol=1e-5, atol=1e-6)
+
+
+def random_grads(net, rng, stem_bias):
+    """Random gradients set on `net`'s trained parameters (none on the stem bias unless
+    `stem_bias`), returned in the Flax layout too (zeros where torch has none: the JAX side
+    ignores the stem kernel's and, after its steps, the stem bias's)."""
+    for name, p in net.named_parameters():
+        p.grad = None
+        if p.requires_grad and (stem_bias or name != "whiten.bias"):
+            p.grad = torch.from_numpy(rng.standard_normal(p.shape).astype(np.float32))
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in net.parameters()]
+    with torch.no_grad():
+        saved = [p.clone() for p in net.parameters()]
+        for p, g in zip(net.parameters(), grads):
+            p.copy_(g)
+        flax_grads = _flax_tree(net)
+        for p, s in zip(net.parameters(), saved):
+            p.copy_(s)
+    return flax_grads
+
+
+def assert_same_params(params, net, step, rtol, atol):
+    """The Flax `params` equal `net`'s, leaf by leaf."""
+    import jax
+
+    want = _flax_tree(net)
+    for path, got in jax.tree_util.tree_leaves_with_path(params):
+        np.testing.assert_allclose(got, _at(want, path), rtol=rtol, atol=atol,
+                                   err_msg=f"{jax.tree_util.keystr(path)} at step {step}")
 
 
 def _at(tree, path):

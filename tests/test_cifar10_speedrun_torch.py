@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_airbench_muon_torch import _at, _flax_tree  # noqa: E402
+from test_airbench_muon_torch import _flax_tree, assert_same_params, random_grads  # noqa: E402
 
 from benchmarks import cifar10_speedrun_torch as sr  # noqa: E402
 from benchmarks import torch_ports  # noqa: E402
@@ -42,19 +42,7 @@ def test_optimizers_step_as_the_jax_recipe():
     rng = np.random.default_rng(0)
     sgd, muon = steps.optimizers
     for step in range(10):
-        for name, p in net.named_parameters():
-            p.grad = None
-            if p.requires_grad and not (name == "whiten.bias" and step >= steps.whiten_steps):
-                p.grad = torch.from_numpy(rng.standard_normal(p.shape).astype(np.float32))
-        grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p))
-                 for name, p in net.named_parameters()}
-        with torch.no_grad():
-            saved = [p.clone() for p in net.parameters()]
-            for p, g in zip(net.parameters(), grads.values()):
-                p.copy_(g)
-            flax_grads = _flax_tree(net)
-            for p, s in zip(net.parameters(), saved):
-                p.copy_(s)
+        flax_grads = random_grads(net, rng, stem_bias=step < steps.whiten_steps)
         sgd.param_groups[0]["lr"] = sgd.param_groups[0]["initial_lr"] * (1 - step / 2)
         for group in sgd.param_groups[1:] + muon.param_groups:
             group["lr"] = group["initial_lr"] * (1 - step / total)
@@ -63,10 +51,7 @@ def test_optimizers_step_as_the_jax_recipe():
             opt.zero_grad(set_to_none=True)
         updates, state = update(flax_grads, state, params)
         params = optax.apply_updates(params, updates)
-        want = _flax_tree(net)
-        for path, got in jax.tree_util.tree_leaves_with_path(params):
-            np.testing.assert_allclose(got, _at(want, path), rtol=2e-5, atol=2e-6,
-                                       err_msg=f"{jax.tree_util.keystr(path)} at step {step}")
+        assert_same_params(params, net, step, rtol=2e-5, atol=2e-6)
     assert muon.last_norm_step == 10  # renormalised at steps 2, 5 and 10 (1-based)
 
 
