@@ -27,8 +27,7 @@ import jax
 import numpy as np
 
 from benchmarks.throughput import interleaved_medians
-from cifar_jax import data, steps
-from cifar_jax import state as train_state
+from cifar_jax import data, steps, train_state
 from cifar_jax.config import Config
 from cifar_jax.train import train_and_evaluate
 

@@ -35,8 +35,7 @@ import jax
 import numpy as np
 import optax
 
-from cifar_jax import ops, steps
-from cifar_jax import state as train_state
+from cifar_jax import ops, steps, train_state
 from cifar_jax.config import Config
 from cifar_jax.registry import lookup
 

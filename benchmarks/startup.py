@@ -23,7 +23,7 @@ CHILD = r"""
 import json, sys, time
 start = time.perf_counter()
 import cifar_jax.train as train
-from cifar_jax import compilation, data, state
+from cifar_jax import compilation, data, train_state
 phases = {"import": time.perf_counter() - start}
 
 def timed(name, fn):
@@ -35,7 +35,7 @@ def timed(name, fn):
     return wrapped
 
 data.load_cifar10 = timed("data load", data.load_cifar10)
-state.from_config = timed("state init", state.from_config)
+train_state.from_config = timed("state init", train_state.from_config)
 tally = compilation.Tally()
 model, epochs, workdir = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 history = train.train_and_evaluate(

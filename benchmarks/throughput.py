@@ -22,8 +22,7 @@ import jax
 import numpy as np
 
 from benchmarks import peers
-from cifar_jax import data, parallel, steps, train
-from cifar_jax import state as train_state
+from cifar_jax import data, parallel, stack, steps, train_state
 from cifar_jax.config import Config
 
 # Multiply-accumulates per image of each layer, from its shapes; the first layer needs no
@@ -84,11 +83,13 @@ class JaxSide:
         rng = np.random.default_rng(0)
         self.images = jax.device_put(rng.integers(0, 256, (n_images, 32, 32, 3), np.uint8), replicate)
         self.labels = jax.device_put(rng.integers(0, 10, n_images).astype(np.int32), replicate)
-        keys = jax.random.split(jax.random.key(0), members) if stacked else jax.random.key(0)
+        keys = jax.random.split(jax.random.key(0), members)
+        idx, mask = stack.epoch_batches(n_images, batch_size, keys, 1)
+        if not stacked:  # one model: its own program, as a stack of one trains
+            keys, idx, mask = keys[0], idx[0], mask[0]
         self.state = jax.device_put(train_state.from_config(config, keys),
                                     parallel.models_split(mesh) if stacked else replicate)
-        self.idx, self.mask = jax.device_put(train.epoch_batches(n_images, batch_size, keys, 1),
-                                             split)
+        self.idx, self.mask = jax.device_put((idx, mask), split)
         self.key = keys
         self.images_per_pass = n_images * members
         self.train_batches = steps.train_batches_stacked() if stacked else steps.train_batches

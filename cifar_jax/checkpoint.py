@@ -179,3 +179,58 @@ def describe(error):
     if status and status.group(1) in _DAMAGED:
         return _DAMAGED[status.group(1)]
     return f"{type(chain[-1]).__name__}: {innermost[:120]}" if innermost else type(chain[-1]).__name__
+
+
+class RunCheckpoints:
+    """A training run's checkpoints: one per finished epoch, and the one a signal leaves
+    mid-epoch. The state is the run's stack of N models; `alone` (one model, no sweep): saved as
+    that model itself, the layout such runs have always had."""
+
+    def __init__(self, workdir, keep_checkpoints, alone):
+        self.epochs = manager(workdir, keep_checkpoints)
+        self.interrupted = interrupted_manager(workdir)
+        self.alone = alone
+
+    def _saved(self, state):
+        return jax.tree.map(lambda leaf: leaf[0], state) if self.alone else state
+
+    def _loaded(self, state):
+        return jax.tree.map(lambda leaf: leaf[None], state) if self.alone else state
+
+    def latest_epoch(self):
+        return self.epochs.latest_step()
+
+    def resume(self, state, steps_per_epoch):
+        """(state, epochs done, batches done of the next epoch, their per-step metrics) to go on
+        from: the newest readable checkpoint, a signal's mid-epoch one or an epoch's; the fresh
+        `state` when the run has none yet (it never finished an epoch: same seed, same
+        start)."""
+        epochs, like = self.epochs.all_steps(), self._saved(state)
+        newer = max(epochs, default=0) * steps_per_epoch
+        if [step for step in self.interrupted.all_steps() if step > newer]:
+            try:
+                restored, step, metrics = restore(self.interrupted, like, with_metrics=True)
+                epoch, batches = divmod(step, steps_per_epoch)
+                return self._loaded(restored), epoch, batches, metrics
+            except CheckpointError:
+                pass  # warned about; the epochs' checkpoints come next
+        if not epochs:
+            return state, 0, 0, []
+        restored, epoch = restore(self.epochs, like)
+        return self._loaded(restored), epoch, 0, []
+
+    def save_epoch(self, epoch, state):
+        """Save the state after `epoch`; a signal's checkpoint of this epoch or before goes."""
+        save(self.epochs, epoch, self._saved(state))
+        for step in self.interrupted.all_steps():
+            self.interrupted.delete(step)
+
+    def save_interrupted(self, step, state, metrics):
+        """Save the state after train step `step`, mid-epoch, with the epoch's metrics so far."""
+        save(self.interrupted, step, self._saved(state), metrics)
+
+    def close(self):
+        # Saves have all been awaited; after a failed one, closing may raise the same error again.
+        for mngr in (self.epochs, self.interrupted):
+            with contextlib.suppress(Exception):
+                mngr.close()

@@ -11,8 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax import augment, ops
-from cifar_jax import state as train_state
+from cifar_jax import augment, ops, train_state
 from cifar_jax.data import IMAGE_SHAPE
 from cifar_jax.registry import CONTRACTS, REGISTRY, ExtensionError, lookup
 

@@ -14,9 +14,7 @@ import jax
 from cifar_jax import checkpoint, compilation, data, parallel, report, run, steps, sweep
 from cifar_jax.cli import OneLineParser, add_model_choice, positive
 from cifar_jax.config import ConfigError
-from cifar_jax.state import is_stacked
-
-REPORT_FILES = ("confusion_matrix.png", "report.txt")
+from cifar_jax.train_state import is_stacked
 
 
 class TestSet(NamedTuple):
@@ -67,12 +65,13 @@ def predicted(state, test, tta=0):
     return evaluate(state, test, tta)[1]
 
 
-def write_reports(out_dir, labels, predicted):
-    """confusion_matrix.png and report.txt (per-class precision, recall, F1) into `out_dir`."""
-    counts = report.confusion_matrix(labels, predicted, len(data.CLASS_NAMES))
-    report.plot_confusion_matrix(counts, data.CLASS_NAMES, os.path.join(out_dir, REPORT_FILES[0]))
-    with open(os.path.join(out_dir, REPORT_FILES[1]), "w") as f:
-        f.write(report.classification_report(counts, data.CLASS_NAMES))
+def final_predictions(state, test, config, final):
+    """The predicted test classes the reports show: the model's; N models' ensemble; a sweep's
+    best point's (`final`: the last metrics row). With the recipe's test-time augmentation."""
+    if config.sweep:
+        part = sweep.parts(config)[sweep.best(final)][1]
+        state = jax.tree.map(lambda x: x[part], state)
+    return predicted(state, test, config.tta)
 
 
 def parse_args(argv=None):
@@ -98,7 +97,7 @@ def parse_args(argv=None):
 
 def check_out_dir(out):
     """`out` can take the reports without overwriting anything."""
-    taken = [name for name in REPORT_FILES if os.path.exists(os.path.join(out, name))]
+    taken = [name for name in report.REPORT_FILES if os.path.exists(os.path.join(out, name))]
     if taken:
         raise ConfigError(f"{out} already holds {taken[0]}: choose another --out, nothing was written")
     if os.path.exists(out) and not os.path.isdir(out):
@@ -135,7 +134,7 @@ def main(argv=None):
         result.update(test_loss_tta=tta["loss"], test_accuracy_tta=tta["accuracy"])
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        write_reports(args.out, splits["test"][1], predicted)
+        report.write_reports(args.out, splits["test"][1], predicted)
     if args.json:
         print(json.dumps(result))
     else:

@@ -1,6 +1,34 @@
-"""What a finished run shows a person: the confusion matrix, a per-class report, training curves."""
+"""What a finished run shows a person: the confusion matrix, a per-class report, training curves,
+and a sweep's table and plot."""
+
+import os
 
 import numpy as np
+
+from cifar_jax import sweep
+from cifar_jax.data import CLASS_NAMES
+
+REPORT_FILES = ("confusion_matrix.png", "report.txt")
+
+
+def write_run_reports(config, workdir, labels, predicted, history):
+    """A finished run's reports: the confusion matrix and per-class report of `predicted` (the
+    model's, the ensemble's, a sweep's best point's), the history plot; a sweep's table and
+    plot."""
+    write_reports(workdir, labels, predicted)
+    plot_history(history, os.path.join(workdir, "history.png"))
+    if config.sweep:
+        final = sweep.final(history)
+        sweep.write_csv(workdir, config, final)
+        plot_sweep(config, final, os.path.join(workdir, sweep.PLOT_FILE))
+
+
+def write_reports(out_dir, labels, predicted):
+    """confusion_matrix.png and report.txt (per-class precision, recall, F1) into `out_dir`."""
+    counts = confusion_matrix(labels, predicted, len(CLASS_NAMES))
+    plot_confusion_matrix(counts, CLASS_NAMES, os.path.join(out_dir, REPORT_FILES[0]))
+    with open(os.path.join(out_dir, REPORT_FILES[1]), "w") as f:
+        f.write(classification_report(counts, CLASS_NAMES))
 
 
 def _figure(**kwargs):

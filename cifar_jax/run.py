@@ -19,26 +19,23 @@ import json
 import math
 import os
 import socket
-import sys
 
 import jax
 
-from cifar_jax import checkpoint, contracts, parallel, state, sweep
+from cifar_jax import checkpoint, contracts, parallel, sweep, train_state
 from cifar_jax.config import RUNTIME_FIELDS, Config, ConfigError, ExtensionError
 from cifar_jax.registry import show
-
-# metrics.jsonl key -> TensorBoard tag
-TENSORBOARD_TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
-                    "test_loss": "test/loss", "test_accuracy": "test/accuracy",
-                    "images_per_second": "train/images_per_second",
-                    "learning_rate": "train/learning_rate"}
-
 
 LOCK_FILE = ".lock"  # held by the process training the run (`lock`)
 
 
 class RunError(RuntimeError):
     """A run folder cannot be used; the message says why and what to do."""
+
+
+def resume_command(workdir):
+    """The command that continues the run in `workdir`."""
+    return f"python -m cifar_jax.train --workdir {workdir} --resume"
 
 
 def resumed_config(workdir):
@@ -209,45 +206,6 @@ def commit_metrics(workdir):
     os.replace(path + ".tmp", path)
 
 
-@contextlib.contextmanager
-def _import_fails(name):
-    """`import name` raises ImportError inside the block, unless that module is loaded already
-    (a None entry in `sys.modules` is Python's documented way to make an import fail)."""
-    if name in sys.modules:
-        yield
-        return
-    sys.modules[name] = None
-    try:
-        yield
-    finally:
-        del sys.modules[name]
-
-
-def tensorboard(workdir, first_epoch=1, name=""):
-    """A TensorBoard writer for `workdir/tensorboard` (a sweep's point's: for
-    `workdir/tensorboard/NAME`, so that TensorBoard overlays the points as runs) whose next step
-    is `first_epoch`.
-
-    On a resumed run, `purge_step` hides whatever the interrupted run logged from that epoch on
-    (an epoch whose checkpoint never landed), so the curves go on without duplicated epochs.
-    """
-    # Imported here, without torch: tensorboardX tries `import torch` when imported, only to
-    # accept torch tensors (we log floats), and where torch is installed that took 3.7 s of the
-    # CPU start-up; evaluate and predict write no events and skip its import altogether.
-    with _import_fails("torch"):
-        from tensorboardX import SummaryWriter
-    return SummaryWriter(os.path.join(workdir, "tensorboard", name),
-                         purge_step=first_epoch if first_epoch > 1 else None)
-
-
-def log_epoch(writer, row, scalars):
-    """One epoch's scalars: the metrics row's figures plus `scalars` (images/s, learning rate)."""
-    for key, value in {**row, **scalars}.items():
-        if key in TENSORBOARD_TAGS:
-            writer.add_scalar(TENSORBOARD_TAGS[key], value, row["epoch"])
-    writer.flush()
-
-
 def chosen_point(workdir, point=None):
     """(the run's config, the point of its sweep that `point` ({setting: value or text}, from
     --point) names, by default its best point (`sweep.select`); None without a sweep)."""
@@ -301,7 +259,7 @@ def load_state(workdir, epoch=None, member=None, point=None):
                        + f"; choose 0 to {n_seeds - 1}")
     chosen = config.points().index(chosen) if config.sweep else 0
     key = jax.random.key(0)
-    like = state.from_config(config, jax.random.split(key, config.members)
+    like = train_state.from_config(config, jax.random.split(key, config.members)
                              if config.members > 1 else key)
     try:
         restored, epoch = checkpoint.restore(
@@ -314,5 +272,5 @@ def load_state(workdir, epoch=None, member=None, point=None):
             slice(first, first + n_seeds)
         restored = jax.tree.map(lambda leaf: leaf[part], restored)
         if part.stop - part.start == 1:  # one model: a plain state
-            restored = state.member(restored, 0)
+            restored = train_state.member(restored, 0)
     return config, restored, epoch

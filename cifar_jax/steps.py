@@ -275,9 +275,31 @@ def _train_batches_in_turn(state, images, labels, idx, mask, key, epoch=0):
 train_batches_in_turn = jax.jit(_train_batches_in_turn, donate_argnums=0)
 
 
-def train_batches_stacked():
-    """The compiled loop for a stacked state (N models) here: in turn on one CPU device,
-    vmapped elsewhere (see above). Called as `train_batches`, the arguments with a model axis."""
+def _only(tree):
+    return jax.tree.map(lambda leaf: leaf[0], tree)
+
+
+def _one(tree):
+    return jax.tree.map(lambda leaf: leaf[None], tree)
+
+
+_only_jit, _one_jit = jax.jit(_only), jax.jit(_one)
+
+
+def train_batches_one(state, images, labels, idx, mask, key, epoch=0):
+    """A stack of one model: that model's own program (`train_batches`), the model axis taken
+    off and put back around it, so a run of one trains as it always has, to the last bit."""
+    state, metrics = train_batches(_only_jit(state), images, labels, *_only_jit((idx, mask, key)),
+                                   epoch)
+    return _one_jit((state, metrics))
+
+
+def train_batches_stacked(n=2):
+    """The compiled loop for a stacked state of `n` models here: a stack of one is its model's
+    own program; more train in turn on one CPU device, vmapped elsewhere (see above). Called
+    as `train_batches`, the arguments with a model axis."""
+    if n == 1:
+        return train_batches_one
     if jax.default_backend() == "cpu" and jax.device_count() == 1:
         return train_batches_in_turn
     return train_batches_vmapped
@@ -303,7 +325,11 @@ def eval_batches(state, images, labels, idx, mask, tta=0):
     else:
         def evaluate(s):
             return _eval_batches(s, images, labels, idx, mask, tta)
-    return jax.vmap(evaluate)(state) if state.step.ndim else evaluate(state)
+    if not state.step.ndim:
+        return evaluate(state)
+    if state.step.shape[0] == 1:  # a stack of one: its model's own program (`train_batches_one`)
+        return _one(evaluate(_only(state)))
+    return jax.vmap(evaluate)(state)
 
 
 @functools.partial(jax.jit, static_argnames="tta")

@@ -14,7 +14,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from cifar_jax import train
+from cifar_jax.main import main as train
 
 
 def jitter(images, key, strength=0.2):
@@ -29,7 +29,7 @@ def jitter(images, key, strength=0.2):
 
 def main(argv):
     for augment in ("alternating_flip,translate", "alternating_flip,translate,colour_jitter:jitter"):
-        code = train.main(["--model", "airbench94", "--augment", augment, "--no-progress", *argv])
+        code = train(["--model", "airbench94", "--augment", augment, "--no-progress", *argv])
         if code:
             return code
     return 0

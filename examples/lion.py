@@ -17,7 +17,7 @@ import sys
 
 import optax
 
-from cifar_jax import train
+from cifar_jax.main import main as train
 
 
 def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=0.0):
@@ -27,7 +27,7 @@ def lion(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=0.0):
 
 def main(argv):
     for optimizer in ("adam", "lion:lion"):
-        code = train.main(["--model", "cnn", "--optimizer", optimizer, "--no-progress", *argv])
+        code = train(["--model", "cnn", "--optimizer", optimizer, "--no-progress", *argv])
         if code:
             return code
     return 0

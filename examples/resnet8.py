@@ -20,7 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cifar_jax import train
+from cifar_jax.main import main as train
 
 
 class ResNet8(nn.Module):
@@ -45,7 +45,7 @@ class ResNet8(nn.Module):
 
 def main(argv):
     for model in ("cnn", "resnet8:ResNet8"):
-        code = train.main(["--model", model, "--no-progress", *argv])
+        code = train(["--model", model, "--no-progress", *argv])
         if code:
             return code
     return 0

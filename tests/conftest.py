@@ -15,9 +15,8 @@ import tensorflow_datasets as tfds
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cifar_jax import register_model
+from cifar_jax import register_model, train_state
 from cifar_jax import registry as registries
-from cifar_jax import state as train_state
 from cifar_jax.config import Config
 from cifar_jax.models.airbench import AirbenchNet
 from cifar_jax.registry import REGISTRY

@@ -36,7 +36,7 @@ if __name__ == "__main__":
     from conftest import figures_unrendered_here
 
     from cifar_jax import steps
-    from cifar_jax.train import main
+    from cifar_jax.main import main
 
     figures_unrendered_here()
     if delay := float(os.environ.get("MOCK_CALL_SECONDS", "0")):

@@ -16,7 +16,7 @@ from conftest import (
     trained,
 )
 
-from cifar_jax import parallel, train
+from cifar_jax import main, parallel
 
 
 def command(*argv):
@@ -24,7 +24,7 @@ def command(*argv):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = train.main(list(argv))
+            code = main.main(list(argv))
         except SystemExit as e:
             code = e.code
     return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}

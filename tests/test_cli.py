@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cifar_jax import train
+from cifar_jax.main import main as train_main
 
 
 def test_train_help_explains_every_flag(capsys):
@@ -20,7 +20,7 @@ def test_train_help_explains_every_flag(capsys):
 def main(capsys, *args):
     """(exit code, stdout, stderr) of `python -m cifar_jax.train ARGS`, with no dataset."""
     try:
-        code = train.main(list(args))
+        code = train_main(list(args))
     except SystemExit as e:  # argparse's usage errors
         code = e.code
     out, err = capsys.readouterr()

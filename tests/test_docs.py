@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from cifar_jax import evaluate, predict, train
+from cifar_jax import evaluate, main, predict
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-PARSERS = {"train": lambda argv: train.parse_args(argv), "evaluate": evaluate.parse_args,
+PARSERS = {"train": lambda argv: main.parse_args(argv), "evaluate": evaluate.parse_args,
            "predict": predict.parse_args}
 
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifar_jax import evaluate, run
+from cifar_jax import evaluate, log
 from cifar_jax.train import train_and_evaluate
 
 
@@ -71,11 +71,11 @@ def scalars(workdir):
 def test_tensorboard_holds_each_epochs_metrics(cnn_run):
     config, workdir, history = cnn_run
     got = scalars(workdir)
-    assert set(got) == set(run.TENSORBOARD_TAGS.values())
-    expected = {key: [r[key] for r in history] for key in run.TENSORBOARD_TAGS if key in history[0]}
+    assert set(got) == set(log.TENSORBOARD_TAGS.values())
+    expected = {key: [r[key] for r in history] for key in log.TENSORBOARD_TAGS if key in history[0]}
     expected["learning_rate"] = [config.learning_rate] * 2
     for key, values in expected.items():
-        assert got[run.TENSORBOARD_TAGS[key]] == [(1, pytest.approx(values[0], rel=1e-6)),
+        assert got[log.TENSORBOARD_TAGS[key]] == [(1, pytest.approx(values[0], rel=1e-6)),
                                                   (2, pytest.approx(values[1], rel=1e-6))]
     # images/s from the row's seconds, which metrics.jsonl rounds to the millisecond
     assert [v for _, v in got["train/images_per_second"]] == pytest.approx(

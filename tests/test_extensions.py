@@ -20,8 +20,7 @@ from PIL import Image
 from test_resume import interrupting, rows, snapshot
 
 import cifar_jax
-from cifar_jax import evaluate, ops, predict, steps, train
-from cifar_jax import state as train_state
+from cifar_jax import evaluate, main, ops, predict, steps, train_state
 from cifar_jax.config import Config, ConfigError
 from cifar_jax.registry import REGISTRY
 
@@ -40,7 +39,7 @@ def test_a_registered_model_trains_like_a_built_in_one(mock_cifar10, tmp_path, c
     cifar_jax.register_model("tiny", Tiny, optimizer="adam", epochs=1)
     config = Config.for_model("tiny", eval_batch_size=32)
     assert (config.optimizer, config.epochs, config.learning_rate) == ("adam", 1, 1e-3)
-    assert train.main(["--model", "tiny", "--workdir", str(tmp_path / "run"), "--no-progress",
+    assert main.main(["--model", "tiny", "--workdir", str(tmp_path / "run"), "--no-progress",
                        "--eval-batch-size", "32"]) == 0  # a command line parsed in this process
     # importable from this test module, nn.Conv as Flax writes it: nothing to say about it
     assert capsys.readouterr().err == ""
@@ -99,14 +98,14 @@ def test_import_paths_train_stop_resume_evaluate_and_predict_in_a_fresh_process(
     whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
     argv = [*FLAGS, "--epochs", "2", "--no-progress"]
     with tfds.testing.mock_data(num_examples=300):  # 10 steps an epoch, one per call
-        assert train.main([*argv, "--workdir", whole]) == 0
+        assert main.main([*argv, "--workdir", whole]) == 0
         monkeypatch.setattr(steps, "train_batches", interrupting(steps.train_batches, 15))
-        assert train.main([*argv, "--workdir", cut]) == 130
+        assert main.main([*argv, "--workdir", cut]) == 130
     assert len(rows(cut)) == 1
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
-    code = (f"import tensorflow_datasets as tfds; from cifar_jax import evaluate, predict, train\n"
+    code = (f"import tensorflow_datasets as tfds; from cifar_jax import evaluate, main, predict\n"
             f"with tfds.testing.mock_data(num_examples=300):\n"
-            f"    assert train.main(['--workdir', {cut!r}, '--resume', '--no-progress']) == 0\n"
+            f"    assert main.main(['--workdir', {cut!r}, '--resume', '--no-progress']) == 0\n"
             f"    assert evaluate.main(['--workdir', {cut!r}, '--json']) == 0\n"
             f"predict.main(['--workdir', {cut!r}, '--json', {str(tmp_path / 'x.png')!r}])")
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -197,7 +196,7 @@ def test_a_broken_piece_is_one_line_exit_2_and_nothing_is_written(flags, message
     monkeypatch.syspath_prepend(str(tmp_path))
     workdir = tmp_path / "run"
     try:
-        code = train.main([*flags, "--workdir", str(workdir), "--no-progress"])
+        code = main.main([*flags, "--workdir", str(workdir), "--no-progress"])
     finally:
         for name in BROKEN:
             sys.modules.pop(name[:-3], None)
@@ -209,14 +208,14 @@ def test_a_broken_piece_is_one_line_exit_2_and_nothing_is_written(flags, message
 def test_resume_evaluate_and_predict_name_a_piece_that_is_gone(mypieces, mock_cifar10, tmp_path,
                                                                capsys):
     workdir = str(tmp_path / "run")
-    assert train.main([*FLAGS, "--epochs", "1", "--workdir", workdir, "--no-progress"]) == 0
+    assert main.main([*FLAGS, "--epochs", "1", "--workdir", workdir, "--no-progress"]) == 0
     (mypieces / "mypieces.py").unlink()
     sys.modules.pop("mypieces")
     cifar_jax.registry._IMPORTED["model"].pop("mypieces:Tiny")
     capsys.readouterr()
     before = snapshot(workdir)
     gone = "error: model 'mypieces:Tiny': no module named 'mypieces' (is it on PYTHONPATH, or installed?)"
-    assert train.main(["--workdir", workdir, "--resume", "--epochs", "2"]) == 2
+    assert main.main(["--workdir", workdir, "--resume", "--epochs", "2"]) == 2
     assert capsys.readouterr().err.strip() == gone
     assert evaluate.main(["--workdir", workdir]) == 2
     assert capsys.readouterr().err.strip() == gone

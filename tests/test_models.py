@@ -18,7 +18,7 @@ from cifar_jax.ops import (
     max_pool_2x2,
     same_padding_for_pool,
 )
-from cifar_jax.state import create
+from cifar_jax.train_state import create
 
 
 def n_params(params):

@@ -13,8 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import MOCK_EXAMPLES, swept_and_own_optimiser_steps
 
-from cifar_jax import data, register_model, registry, train
-from cifar_jax import state as train_state
+from cifar_jax import data, main, register_model, registry, train_state
 from cifar_jax.cli import config_overrides
 from cifar_jax.config import Config, ConfigError
 from cifar_jax.models.airbench import (
@@ -408,7 +407,7 @@ def test_two_seeds_at_once_and_a_sweep(one_seed, mock_cifar10, tmp_path):
 
 
 def test_the_sgd_groups_rates_are_muons_own_settings():
-    args, settings = train.parse_args(["--model", "cnn", "--optimizer", "muon",
+    args, settings = main.parse_args(["--model", "cnn", "--optimizer", "muon",
                                        "--optimizer.bias_lr", "0.001", "--optimizer.head_lr=0.002"])
     config = Config.for_model(**config_overrides(args, settings))
     assert config.settings == {"optimizer.bias_lr": 0.001, "optimizer.head_lr": 0.002}
@@ -416,7 +415,7 @@ def test_the_sgd_groups_rates_are_muons_own_settings():
                                           r"'head_lr'"):
         Config.for_model("cnn", settings={"optimizer.head_lr": 1e-3})  # adam has no such group
     with pytest.raises(SystemExit):  # the flag of the version that held it in Config
-        train.parse_args(["--optimizer", "muon", "--head-lr", "0.002"])
+        main.parse_args(["--optimizer", "muon", "--head-lr", "0.002"])
 
 
 def test_cnn_trains_with_muon(mock_cifar10, tmp_path):
@@ -425,7 +424,7 @@ def test_cnn_trains_with_muon(mock_cifar10, tmp_path):
     labels = muon_optim.muon_param_labels(params)
     assert (labels["Conv_0"]["kernel"], labels["Conv_0"]["bias"], labels["Dense_1"]["kernel"],
             labels["Dense_1"]["bias"]) == (muon_optim.FILTERS, muon_optim.BIAS, muon_optim.HEAD, muon_optim.BIAS)
-    assert train.main(["--model", "cnn", "--optimizer", "muon", "--epochs", "1", "--workdir",
+    assert main.main(["--model", "cnn", "--optimizer", "muon", "--epochs", "1", "--workdir",
                        str(tmp_path / "run"), "--no-progress", "--eval-batch-size", "32"]) == 0
     _, state, _ = load_state(str(tmp_path / "run"))
     assert int(state.step) == 3  # 70 images, batch 32, the partial batch padded

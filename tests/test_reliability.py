@@ -188,10 +188,10 @@ def test_reading_a_truncated_checkpoint_again_and_again_leaves_nothing_at_exit(c
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
     code = f"""
 import jax
-from cifar_jax import checkpoint, predict, state
+from cifar_jax import checkpoint, predict, train_state
 from cifar_jax.config import Config
 checkpoint.quiet()
-like = state.from_config(Config.load({workdir!r}), jax.random.key(0))
+like = train_state.from_config(Config.load({workdir!r}), jax.random.key(0))
 for _ in range(20):
     mngr = checkpoint.manager({workdir!r}, read_only=True)
     try:

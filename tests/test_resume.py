@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from conftest import MOCK_EXAMPLES, cnn_config, trained
 from mock_train import cnn_command
 
-from cifar_jax import predict, steps, train
+from cifar_jax import main, predict, steps
 from cifar_jax.config import Config
 from cifar_jax.run import lock
 from cifar_jax.train import train_and_evaluate
@@ -59,12 +59,12 @@ def interrupting(real, at_call=5):
 def interrupted_then_resumed(config, workdir, monkeypatch):
     """Train the stacked run `config` (`--num-seeds`, `--sweep`) into `workdir`, interrupted
     by KeyboardInterrupt at its compiled loop's 5th call (in epoch 2), then resumed to its end."""
-    real = steps.train_batches_stacked()
-    cut = interrupting(real)
-    monkeypatch.setattr(steps, "train_batches_stacked", lambda: cut)
+    real = steps.train_batches_stacked
+    cut = interrupting(lambda *args: real(len(args[3]))(*args))  # args[3]: the models' batches
+    monkeypatch.setattr(steps, "train_batches_stacked", lambda n: cut)
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(config, workdir, progress=False)
-    monkeypatch.setattr(steps, "train_batches_stacked", lambda: real)
+    monkeypatch.setattr(steps, "train_batches_stacked", real)
     train_and_evaluate(config, workdir, progress=False, resume=True)
 
 
@@ -102,7 +102,7 @@ def test_keep_limits_the_checkpoints(mock_cifar10, tmp_path):
 
 
 def run_cli(capsys, *args):
-    code = train.main([*args, "--no-progress"])
+    code = main.main([*args, "--no-progress"])
     return code, capsys.readouterr().err.strip()
 
 
@@ -137,7 +137,7 @@ def test_unwritable_workdir_is_a_usage_error(tmp_path, capsys):
 
 def test_resume_needs_a_workdir(capsys):
     with pytest.raises(SystemExit) as exit_:
-        train.parse_args(["--resume"])
+        main.parse_args(["--resume"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == ("python -m cifar_jax.train: error: --resume needs "
                                                "--workdir: the folder of the run to continue (see --help)")
@@ -155,7 +155,7 @@ def resume_here(workdir, capsys):
     """`mock_train(workdir)` resumed (`--resume`), but in this process (only the victim needs
     one of its own) and at full speed: (exit code, stdout, stderr)."""
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        code = train.main(["--workdir", workdir, "--no-progress", "--resume"])
+        code = main.main(["--workdir", workdir, "--no-progress", "--resume"])
     out, err = capsys.readouterr()
     return code, out, err
 

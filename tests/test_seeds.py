@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 from test_resume import interrupted_then_resumed, rows
 
-from cifar_jax import evaluate, predict, run, seeds
-from cifar_jax import state as train_state
+from cifar_jax import evaluate, predict, run, stack, train_state
 
 KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
@@ -48,7 +47,7 @@ def test_rows_hold_mean_std_per_seed_and_the_final_ensemble_and_interval(two_see
 
 
 def test_confidence_interval_by_hand():
-    low, high = seeds.confidence_interval([0.93, 0.94, 0.95, 0.94])
+    low, high = stack.confidence_interval([0.93, 0.94, 0.95, 0.94])
     half = 3.182446 * np.std([0.93, 0.94, 0.95, 0.94], ddof=1) / 2  # t(0.975, 3) * s / sqrt(4)
     assert (low, high) == pytest.approx((0.94 - half, 0.94 + half))
 

@@ -17,6 +17,7 @@ from test_resume import interrupting, rows, snapshot
 
 from cifar_jax import evaluate, predict, run, steps, sweep, train
 from cifar_jax.config import Config
+from cifar_jax.main import parse_args
 
 
 def test_help_lists_the_chosen_pieces_settings_with_their_defaults(mypieces, capsys):
@@ -167,15 +168,15 @@ def test_a_sweep_of_programs_resumes_exactly_without_training_a_finished_one_aga
         width_sweep, mypieces, mock_cifar10, tmp_path, capsys, monkeypatch):
     argv, whole, _ = width_sweep
     cut = str(tmp_path / "cut")
-    real = steps.train_batches_stacked()
+    real = steps.train_batches_stacked
     # each program: 2 epochs of 3 compiled calls; the 10th is in program 2's second epoch
-    cut_short = interrupting(real, 10)
-    monkeypatch.setattr(steps, "train_batches_stacked", lambda: cut_short)
+    cut_short = interrupting(lambda *args: real(len(args[3]))(*args), 10)
+    monkeypatch.setattr(steps, "train_batches_stacked", lambda n: cut_short)
     code, _, _ = main(capsys, *argv, "--workdir", cut)
     assert code == 130
     assert len(rows(os.path.join(cut, "programs", "2"))) == 1
     before = snapshot(os.path.join(cut, "programs", "1"))
-    monkeypatch.setattr(steps, "train_batches_stacked", lambda: real)
+    monkeypatch.setattr(steps, "train_batches_stacked", real)
     code, out, err = main(capsys, "--workdir", cut, "--resume", "--no-progress")
     assert code == 0, err
     assert "program 1/2, model.width=4: trained already" in out
@@ -228,7 +229,7 @@ def test_a_sweep_can_vary_anything(sweep_, programs, data):
 
 
 def test_values_that_hold_commas_are_separated_by_semicolons(capsys):
-    args, _ = train.parse_args(["--sweep", "model.features=16,32;32,64", "--sweep",
+    args, _ = parse_args(["--sweep", "model.features=16,32;32,64", "--sweep",
                                 "augment=;flip,translate"])
     config = Config.for_model("cnn", sweep=args.sweep)
     assert config.sweep == (("model.features", ((16, 32), (32, 64))),

@@ -13,8 +13,7 @@ import pytest
 from conftest import swept_and_own_optimiser_steps
 from test_resume import interrupted_then_resumed, rows
 
-from cifar_jax import register_model
-from cifar_jax import state as train_state
+from cifar_jax import register_model, train_state
 from cifar_jax.config import Config
 from cifar_jax.models.airbench import AirbenchMuonNet
 from cifar_jax.registry import REGISTRY

@@ -4,8 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from cifar_jax import data, steps
-from cifar_jax import state as train_state
+from cifar_jax import data, steps, train_state
 from cifar_jax.models import CNN, MLP
 
 

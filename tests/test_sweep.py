@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_extensions import BROKEN
 from test_resume import interrupted_then_resumed, rows
 
-from cifar_jax import evaluate, predict, register_optimizer, run, steps, sweep, train
+from cifar_jax import evaluate, main, predict, register_optimizer, run, steps, sweep, train
 from cifar_jax.config import Config
 from cifar_jax.registry import CONTRACTS
 from cifar_jax.train import train_and_evaluate
@@ -161,7 +161,7 @@ def test_a_sweep_resumes_exactly(lr_sweep, mock_cifar10, tmp_path, monkeypatch, 
     interrupted_then_resumed(config, str(tmp_path / "cut"), monkeypatch)
     assert rows(tmp_path / "cut") == rows(whole)
     capsys.readouterr()
-    code = train.main(["--workdir", str(tmp_path / "cut"), "--resume", "--learning-rate", "0.1"])
+    code = main.main(["--workdir", str(tmp_path / "cut"), "--resume", "--learning-rate", "0.1"])
     assert (code, capsys.readouterr().err.strip()) == (
         2, "error: --sweep learning_rate and --learning-rate both set learning_rate: drop one")
 
@@ -225,14 +225,14 @@ def test_a_bad_sweep_is_one_line_exit_2_and_nothing_written(flags, message, tmp_
     (tmp_path / "wrong_width.py").write_text(BROKEN["wrong_width.py"])
     monkeypatch.syspath_prepend(str(tmp_path))
     workdir = tmp_path / "run"
-    assert train.main(["--model", "cnn", "--workdir", str(workdir), *flags]) == 2
+    assert main.main(["--model", "cnn", "--workdir", str(workdir), *flags]) == 2
     assert capsys.readouterr().err.strip() == f"error: {message}"
     assert not workdir.exists()
 
 
 def test_a_sweep_spec_that_is_not_name_equals_values_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
-        train.main(["--sweep", "learning_rate"])
+        main.main(["--sweep", "learning_rate"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "python -m cifar_jax.train: error: argument --sweep: expected NAME=V1,V2,... (e.g. "

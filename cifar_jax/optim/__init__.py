@@ -4,7 +4,8 @@ reusable by any model (the recipes in `cifar_jax/recipes/` register them by name
 `muon` (airbench94_muon's Muon), `sgd` (PyTorch's SGD step they share), `lookahead`,
 `schedules` (the run's `--schedule`).
 
-Lower modules take plain values, not the config: `state.py` reads the recipe and passes them.
+Lower modules take plain values, not the config: `train_state.py` reads the recipe and passes
+them.
 """
 
 from cifar_jax.optim.lookahead import lookahead_step

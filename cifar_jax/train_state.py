@@ -196,12 +196,15 @@ def from_config(config, rng, n_train=50_000, images=None):
     """The fresh train state of the run `config` describes, initialised from `rng` (and from
     the training `images` where the model initialises from data), for `n_train` images.
 
-    With `rng` a stack of N keys: N such states, stacked along a leading axis into one pytree
-    (`is_stacked`), each equal to the state its key alone gives; the steps train them at once.
+    With `rng` a stack of N >= 1 keys: N such states, stacked along a leading axis into one
+    pytree (`is_stacked`), each equal to the state its key alone gives; the steps train them
+    at once.
     A sweep's N = `config.members` states hold each its point's values (`SweptState`).
     """
     if config.sweep:
         return _swept(config, rng, n_train, images)
+    if rng.ndim and len(rng) == 1:  # a stack of one: its model's own state, to the last bit
+        return jax.tree.map(lambda leaf: leaf[None], from_config(config, rng[0], n_train, images))
     if rng.ndim:
         return jax.vmap(lambda key: from_config(config, key, n_train, images))(rng)
     return create(build_model(config), optimizer(config, n_train)[0], rng,

@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cifar_jax import data, steps
-from cifar_jax import state as train_state
+from cifar_jax import data, steps, train_state
 
 
 class BatchNormNet(nn.Module):
