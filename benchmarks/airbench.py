@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.throughput import interleaved_medians
+from benchmarks.throughput import describe_device, interleaved_medians
 from cifar_jax import data, steps, train_state
 from cifar_jax.config import Config
 from cifar_jax.train import train_and_evaluate
@@ -148,8 +148,7 @@ def main(argv=None):
         print("error: benchmarks.airbench runs the PyTorch port beside cifar_jax, and PyTorch is "
               "not installed: pip install -e \".[peers]\"", file=sys.stderr)
         return 2
-    print(f"{jax.default_backend()}: {jax.devices()[0].device_kind}; jax {jax.__version__}, "
-          f"torch {torch.__version__}", flush=True)
+    print(f"{describe_device()}, torch {torch.__version__}", flush=True)
     if args.throughput:
         result = throughput(args.batch_size or PORTS[args.recipe][1], args.steps, args.repeats,
                             args.device, args.recipe)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from benchmarks.airbench import JaxSide
-from benchmarks.throughput import interleaved_medians
+from benchmarks.throughput import describe_device, interleaved_medians
 from cifar_jax import ops, register_model
 from cifar_jax.config import lookup
 from cifar_jax.models.airbench import AirbenchNet
@@ -97,8 +97,7 @@ def main(argv=None):
                    help="timed calls per layer, timed passes per step (default: 3)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    print(f"{jax.default_backend()}: {jax.devices()[0].device_kind}; jax {jax.__version__}",
-          flush=True)
+    print(describe_device(), flush=True)
     result = {"layers": layers(args.batch_size, args.repeats),
               "step": step(args.step_batch_size, args.steps, args.repeats)}
     if args.json:

@@ -35,6 +35,7 @@ import jax
 import numpy as np
 import optax
 
+from benchmarks.throughput import describe_device
 from cifar_jax import ops, steps, train_state
 from cifar_jax.config import Config
 from cifar_jax.registry import lookup
@@ -154,8 +155,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed passes per way (median)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
-    print(f"{jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}; "
-          f"jax {jax.__version__}", flush=True)
+    print(describe_device(), flush=True)
     rows = [row for name in args.models for row in measure(name, args.steps, args.repeats)]
     if args.json:
         with open(args.json, "w") as f:

@@ -13,7 +13,7 @@ import json
 
 import jax
 
-from benchmarks.throughput import JaxSide, interleaved_medians
+from benchmarks.throughput import JaxSide, add_pass_flags, describe_device, interleaved_medians
 
 
 def measure(name, batch_size, num_seeds, n_images, repeats, single):
@@ -36,13 +36,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="per model (default: 32)")
     p.add_argument("--num-seeds", type=int, nargs="+", default=[1, 4, 8],
                    help="models trained at once (default: 1 4 8)")
-    p.add_argument("--images", type=int, default=4096,
-                   help="images per timed pass, per model (default: 4096)")
-    p.add_argument("--repeats", type=int, default=5, help="timed passes per side (default: 5)")
-    p.add_argument("--json", help="also write the rows to this JSON file")
+    add_pass_flags(p, 4096, per="pass, per model")
     args = p.parse_args(argv)
-    print(f"{jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}; "
-          f"jax {jax.__version__}", flush=True)
+    print(describe_device(), flush=True)
     rows = []
     for name in args.models:
         single = JaxSide(name, args.batch_size, args.images)

@@ -17,7 +17,7 @@ import json
 
 import jax
 
-from benchmarks.throughput import JaxSide, interleaved_medians
+from benchmarks.throughput import JaxSide, add_pass_flags, describe_device, interleaved_medians
 
 
 def main(argv=None):
@@ -28,13 +28,9 @@ def main(argv=None):
     p.add_argument("--learning-rates", type=float, nargs="+", default=[2.5e-4, 5e-4, 1e-3, 2e-3],
                    help="the swept points (default: 2.5e-4 5e-4 1e-3 2e-3)")
     p.add_argument("--num-seeds", type=int, default=2, help="seeds per point (default: 2)")
-    p.add_argument("--images", type=int, default=4096,
-                   help="images per timed pass, per model (default: 4096)")
-    p.add_argument("--repeats", type=int, default=5, help="timed passes per side (default: 5)")
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    add_pass_flags(p, 4096, per="pass, per model")
     args = p.parse_args(argv)
-    print(f"{jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}; "
-          f"jax {jax.__version__}", flush=True)
+    print(describe_device(), flush=True)
     models = len(args.learning_rates) * args.num_seeds
     single = JaxSide(args.model, args.batch_size, args.images)
     swept = JaxSide(args.model, args.batch_size, args.images, num_seeds=args.num_seeds,

@@ -63,6 +63,21 @@ def matmul_gflops(n=2048, repeats=10):
     return 2 * n ** 3 / best / 1e9
 
 
+def describe_device():
+    """'cpu: 1 x cpu; jax 0.10.2': where a benchmark runs, its first line."""
+    return (f"{jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}; "
+            f"jax {jax.__version__}")
+
+
+def add_pass_flags(parser, images, per="pass"):
+    """--images (per timed pass), --repeats and --json, as the timed benchmarks take them."""
+    parser.add_argument("--images", type=int, default=images,
+                        help=f"images per timed {per} (default: {images})")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed passes per side; the median counts (default: 5)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+
+
 def _timed(fn):
     start = time.perf_counter()
     fn()
@@ -132,8 +147,7 @@ def run(models, batch_sizes, dtypes, n_images, repeats, peer_names):
     missing = [peer for peer in peer_names if peer not in found]
     rows = []
     peaks = {dtype: peak_gflops(dtype) for dtype in dtypes}
-    print(f"{jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}; "
-          f"jax {jax.__version__}; peak GFLOP/s "
+    print(f"{describe_device()}; peak GFLOP/s "
           + ", ".join(f"{d} {p:,.0f}" if p else f"{d} unknown" for d, p in peaks.items())
           + "".join(f"; {peer}: not installed" for peer in missing), flush=True)
     for name in models:
@@ -201,11 +215,9 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"],
                    default=["float32"] if jax.default_backend() == "cpu" else ["float32", "bfloat16"],
                    help="computation dtypes (default: float32 on a CPU, both elsewhere)")
-    p.add_argument("--images", type=int, default=8192, help="images per timed pass (default: 8192)")
-    p.add_argument("--repeats", type=int, default=5, help="timed passes per side; the median counts (default: 5)")
     p.add_argument("--peers", nargs="*", default=["keras", "torch"], choices=["keras", "torch"],
                    help="frameworks to measure beside cifar_jax when importable (default: both)")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    add_pass_flags(p, 8192)
     args = p.parse_args(argv)
     rows = run(args.models, args.batch_sizes, args.dtypes, args.images, args.repeats, args.peers)
     if args.json:

@@ -19,10 +19,6 @@ from cifar_jax.registry import (
 __all__ = ["CLASS_NAMES", "CNN", "MLP", "Config", "register_augmentation", "register_loss",
            "register_model", "register_optimizer", "train_and_evaluate"]
 
-# cifar_jax's own recipes and the parts they name, registered by the calls above (which they
-# import from here: hence after them).
-from cifar_jax import recipes  # noqa: F401
-
 # Imported on first use: the training loop brings Orbax and TensorBoard's writer along.
 _LAZY = {"CLASS_NAMES": "cifar_jax.data", "CNN": "cifar_jax.models", "MLP": "cifar_jax.models",
          "train_and_evaluate": "cifar_jax.train"}

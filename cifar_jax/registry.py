@@ -57,7 +57,33 @@ class Entry(NamedTuple):
     path: str | None
 
 
-REGISTRY = {kind: {} for kind in CONTRACTS}
+class _Registry(dict):
+    """{kind: {name: Entry}}. cifar_jax's own pieces and recipes register when it is first
+    read, by importing `cifar_jax.recipes` (which loads JAX): importing the package, its config
+    and this registry loads no JAX, and a user's registration comes after them, as if they
+    had registered at import."""
+
+    loaded = False
+
+    def _load(self):
+        if not _Registry.loaded:
+            _Registry.loaded = True  # before the import: the recipes' registrations read it
+            importlib.import_module("cifar_jax.recipes")
+
+    def __getitem__(self, kind):
+        self._load()
+        return super().__getitem__(kind)
+
+    def items(self):
+        self._load()
+        return super().items()
+
+    def values(self):
+        self._load()
+        return super().values()
+
+
+REGISTRY = _Registry({kind: {} for kind in CONTRACTS})
 _IMPORTED = {kind: {} for kind in CONTRACTS}  # import paths resolved so far
 
 

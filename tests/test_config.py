@@ -26,6 +26,15 @@ def test_the_registry_imports_nothing_of_the_package_nor_jax():
     assert result.returncode == 0, result.stderr
 
 
+def test_importing_the_package_and_its_config_loads_no_jax_until_the_registry_is_read():
+    code = ("import sys; import cifar_jax, cifar_jax.config; "
+            "assert 'jax' not in sys.modules, 'jax'; "
+            "from cifar_jax.registry import REGISTRY; assert 'cnn' in REGISTRY['model']; "
+            "assert 'jax' in sys.modules")  # the built-in recipes' models are Flax modules
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_config_imports_only_the_registry():
     with open(Config.__module__.replace(".", "/") + ".py") as f:
         imports = [line for line in f if line.startswith(("import cifar_jax", "from cifar_jax"))]

@@ -5,6 +5,7 @@ import optax
 import pytest
 
 from cifar_jax import data, steps, train_state
+from cifar_jax.config import Config
 from cifar_jax.models import CNN, MLP
 
 
@@ -61,6 +62,27 @@ def test_train_batches_scan_equals_a_python_loop_of_train_step():
     assert (float(metrics["count"]), int(metrics["first_diverged"])) == (40, -1)
     for a, b in zip(jax.tree.leaves(scanned.params), jax.tree.leaves(looped.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)  # Adam magnifies reassociation
+
+
+def test_a_stack_of_one_trains_and_evaluates_as_its_model_alone():
+    """A single run is a stack of one (`stack.py`): its state, each epoch's training and its
+    evaluation are those of the model alone, bit for bit, the model axis only put on top."""
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (40, 32, 32, 3)), jnp.uint8)
+    labels = jnp.asarray(rng.integers(0, 10, 40), jnp.int32)
+    idx, mask = data.batch_indices(40, 16, jax.random.key(3))
+    config = Config.for_model("cnn", batch_size=16)
+    alone = train_state.from_config(config, KEY, n_train=40)
+    one = train_state.from_config(config, KEY[None], n_train=40)
+    alone, metrics = steps.train_batches(alone, images, labels, idx, mask, KEY, 0)
+    one, one_metrics = steps.train_batches_stacked(1)(one, images, labels, idx[None], mask[None],
+                                                      KEY[None], 0)
+    evaluated = steps.eval_batches(alone, images, labels, idx, mask)
+    one_evaluated = steps.eval_batches(one, images, labels, idx, mask)
+    for a, b in zip(jax.tree.leaves((alone, metrics, evaluated)),
+                    jax.tree.leaves((one, one_metrics, one_evaluated))):
+        assert b.shape == (1, *a.shape)
+        np.testing.assert_array_equal(b[0], a)
 
 
 def test_eval_batches_counts_every_example_once():
