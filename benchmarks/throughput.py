@@ -92,26 +92,25 @@ class JaxSide:
         its own batch order over the same images); `sweep`: as `--sweep` (x `num_seeds`)."""
         config = Config.for_model(name, dtype=dtype, num_seeds=num_seeds, sweep=sweep)
         members = config.members
-        mesh = parallel.data_mesh(members)  # as in training
-        stacked = members > 1
-        replicate, split = parallel.replicated(mesh), parallel.batch_split(mesh, stacked)
+        mesh = parallel.data_mesh(members)  # as in training: a stack of N >= 1 models
+        replicate = parallel.replicated(mesh)
         rng = np.random.default_rng(0)
         self.images = jax.device_put(rng.integers(0, 256, (n_images, 32, 32, 3), np.uint8), replicate)
         self.labels = jax.device_put(rng.integers(0, 10, n_images).astype(np.int32), replicate)
-        keys = jax.random.split(jax.random.key(0), members)
-        idx, mask = stack.epoch_batches(n_images, batch_size, keys, 1)
-        if not stacked:  # one model: its own program, as a stack of one trains
-            keys, idx, mask = keys[0], idx[0], mask[0]
-        self.state = jax.device_put(train_state.from_config(config, keys),
-                                    parallel.models_split(mesh) if stacked else replicate)
-        self.idx, self.mask = jax.device_put((idx, mask), split)
-        self.key = keys
+        self.key = jax.random.split(jax.random.key(0), members)
+        self.state = jax.device_put(train_state.from_config(config, self.key),
+                                    parallel.models_split(mesh))
+        idx, mask = stack.epoch_batches(n_images, batch_size, self.key, 1)
+        self.idx, self.mask = jax.device_put((idx, mask), parallel.batch_split(mesh, stacked=True))
+        # evaluation shares one batch order between the models
+        self.test = jax.device_put((idx[0], mask[0]), parallel.batch_split(mesh))
         self.images_per_pass = n_images * members
-        self.train_batches = steps.train_batches_stacked() if stacked else steps.train_batches
+        self.train_batches = steps.train_batches_stacked(members)
         args = (self.state, self.images, self.labels, self.idx, self.mask)
         self.compile_s = _timed(lambda: self.train_batches.lower(*args, self.key, 0).compile())
-        if not stacked:  # (evaluation shares one batch order between the models)
-            self.eval_compile_s = _timed(lambda: steps.eval_batches.lower(*args).compile())
+        if members == 1:  # (the throughput benchmark times one model's evaluation)
+            self.eval_compile_s = _timed(lambda: steps.eval_batches.lower(
+                self.state, self.images, self.labels, *self.test).compile())
         self.train_pass()  # warm the cache of jit itself: later passes dispatch only
 
     def train_pass(self):
@@ -124,7 +123,7 @@ class JaxSide:
 
     def eval_pass(self):
         jax.block_until_ready(steps.eval_batches(self.state, self.images, self.labels,
-                                                 self.idx, self.mask))
+                                                 *self.test))
 
 
 def pipeline_images_per_s(batch_size, n_images=50_000, repeats=5):

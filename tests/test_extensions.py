@@ -99,7 +99,7 @@ def test_import_paths_train_stop_resume_evaluate_and_predict_in_a_fresh_process(
     argv = [*FLAGS, "--epochs", "2", "--no-progress"]
     with tfds.testing.mock_data(num_examples=300):  # 10 steps an epoch, one per call
         assert main.main([*argv, "--workdir", whole]) == 0
-        monkeypatch.setattr(steps, "train_batches", interrupting(steps.train_batches, 15))
+        monkeypatch.setattr(steps, "train_batches_one", interrupting(steps.train_batches_one, 15))
         assert main.main([*argv, "--workdir", cut]) == 130
     assert len(rows(cut)) == 1
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")

@@ -60,7 +60,7 @@ def test_recipe_trains_with_its_parts(airbench_run, narrow, mock_cifar10):
 
 def test_recipe_resumes_exactly(airbench_run, config, mock_cifar10, tmp_path, monkeypatch):
     whole, _ = airbench_run
-    calls, real = [], steps.train_batches
+    calls, real = [], steps.train_batches_one
 
     def interrupt_in_epoch_2(*args, **kwargs):
         calls.append(1)
@@ -69,11 +69,11 @@ def test_recipe_resumes_exactly(airbench_run, config, mock_cifar10, tmp_path, mo
         return real(*args, **kwargs)
 
     cut = str(tmp_path / "cut")
-    monkeypatch.setattr(steps, "train_batches", interrupt_in_epoch_2)
+    monkeypatch.setattr(steps, "train_batches_one", interrupt_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(config, cut, progress=False)
     assert len(rows(cut)) == 1
-    monkeypatch.setattr(steps, "train_batches", real)
+    monkeypatch.setattr(steps, "train_batches_one", real)
     train_and_evaluate(config, cut, progress=False, resume=True)
     assert rows(cut) == rows(whole)
     for a, b in zip(jax.tree.leaves(load_state(cut)[1]), jax.tree.leaves(load_state(whole)[1]),

@@ -32,7 +32,7 @@ def copy_run(cnn_run, tmp_path):
 def test_a_stop_mid_epoch_checkpoints_that_step_and_resume_is_exact(cnn_run, mock_cifar10,
                                                                      tmp_path, monkeypatch):
     config, whole, _ = cnn_run  # 2 epochs of 3 compiled calls each
-    stop, calls, real = signals.Stop(), [], steps.train_batches
+    stop, calls, real = signals.Stop(), [], steps.train_batches_one
 
     def signal_in_epoch_2(*args):
         calls.append(1)
@@ -40,7 +40,7 @@ def test_a_stop_mid_epoch_checkpoints_that_step_and_resume_is_exact(cnn_run, moc
             stop.signum = signal.SIGTERM
         return real(*args)
 
-    monkeypatch.setattr(steps, "train_batches", signal_in_epoch_2)
+    monkeypatch.setattr(steps, "train_batches_one", signal_in_epoch_2)
     cut = str(tmp_path / "cut")
     with pytest.raises(Stopped) as stopped:
         train_and_evaluate(config, cut, progress=False, stop=stop)
@@ -51,7 +51,7 @@ def test_a_stop_mid_epoch_checkpoints_that_step_and_resume_is_exact(cnn_run, moc
     assert len(rows(cut)) == 1
     assert os.listdir(os.path.join(cut, "interrupted")) == ["5"]  # the train step: 3 + 2
 
-    monkeypatch.setattr(steps, "train_batches", real)
+    monkeypatch.setattr(steps, "train_batches_one", real)
     train_and_evaluate(config, cut, progress=False, resume=True)
     assert rows(cut) == rows(whole)  # epoch 2's train loss counts the steps before the stop too
     assert same_params(cut, whole)
@@ -273,15 +273,16 @@ def test_an_exploding_loss_stops_the_run_and_its_advice_works(mock_cifar10, tmp_
 
 
 def test_a_nan_loss_names_its_step(mock_cifar10, tmp_path, monkeypatch):
-    real = steps.train_batches
+    real = steps.train_batches_one
 
     def nan_at_step_5(state, *args):  # one step per call: 3 batches, 20 calls at most
         state, metrics = real(state, *args)
-        if int(state.step) == 5:
-            metrics = {**metrics, "first_diverged": np.int32(0), "diverged_loss": np.nan}
+        if int(state.step[0]) == 5:  # a stack of one model
+            metrics = {**metrics, "first_diverged": np.array([0], np.int32),
+                       "diverged_loss": np.array([np.nan], np.float32)}
         return state, metrics
 
-    monkeypatch.setattr(steps, "train_batches", nan_at_step_5)
+    monkeypatch.setattr(steps, "train_batches_one", nan_at_step_5)
     with pytest.raises(TrainingError, match=r"^loss became nan at epoch 2/2, step 2/3: the "
                        r"checkpoints before it are kept; to go on from the newest with a lower "
                        r"learning rate: python -m cifar_jax.train --workdir \S+ --resume "

@@ -70,14 +70,14 @@ def interrupted_then_resumed(config, workdir, monkeypatch):
 
 def test_interrupted_then_resumed_equals_uninterrupted(cnn_run, mock_cifar10, tmp_path, monkeypatch):
     config, whole, _ = cnn_run  # 2 epochs of 3 compiled calls each
-    real = steps.train_batches
-    monkeypatch.setattr(steps, "train_batches", interrupting(real))
+    real = steps.train_batches_one
+    monkeypatch.setattr(steps, "train_batches_one", interrupting(real))
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(config, str(tmp_path / "cut"), progress=False)
     assert len(rows(tmp_path / "cut")) == 1
     assert os.listdir(tmp_path / "cut" / "checkpoints") == ["1"]
 
-    monkeypatch.setattr(steps, "train_batches", real)
+    monkeypatch.setattr(steps, "train_batches_one", real)
     history = train_and_evaluate(config, str(tmp_path / "cut"), progress=False, resume=True)
     assert [row["epoch"] for row in history] == [1, 2]
     assert rows(tmp_path / "cut") == rows(whole)
