@@ -260,7 +260,7 @@ def load_state(workdir, epoch=None, member=None, point=None):
     chosen = config.points().index(chosen) if config.sweep else 0
     key = jax.random.key(0)
     like = train_state.from_config(config, jax.random.split(key, config.members)
-                             if config.members > 1 else key)
+                                   if config.members > 1 else key)
     try:
         restored, epoch = checkpoint.restore(
             checkpoint.manager(workdir, config.keep_checkpoints, read_only=True), like, epoch)

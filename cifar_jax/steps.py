@@ -276,10 +276,12 @@ train_batches_in_turn = jax.jit(_train_batches_in_turn, donate_argnums=0)
 
 
 def _only(tree):
+    """The model of a stack of one, its axis taken off."""
     return jax.tree.map(lambda leaf: leaf[0], tree)
 
 
 def _one(tree):
+    """`tree` as a stack of one, the model axis put on."""
     return jax.tree.map(lambda leaf: leaf[None], tree)
 
 
@@ -292,7 +294,7 @@ def train_batches_one(state, images, labels, idx, mask, key, epoch=0):
     return _one((state, metrics))
 
 
-def train_batches_stacked(n=2):
+def train_batches_stacked(n):
     """The compiled loop for a stacked state of `n` models here: a stack of one is its model's
     own program; more train in turn on one CPU device, vmapped elsewhere (see above). Called
     as `train_batches`, the arguments with a model axis."""
