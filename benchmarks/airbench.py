@@ -69,8 +69,8 @@ class JaxSide:
         return len(self.labels) / (time.perf_counter() - start)
 
 
-def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94"):
-    jax_side = JaxSide(batch_size, steps_per_pass, recipe=recipe)
+def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94", dtype="float32"):
+    jax_side = JaxSide(batch_size, steps_per_pass, dtype, recipe)
     from benchmarks import torch_ports  # with PyTorch, as the port
 
     torch_pass = torch_ports.throughput_pass(port(recipe), batch_size, steps_per_pass, device)
@@ -84,7 +84,7 @@ def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94")
     return result
 
 
-def accuracy(data_dir, seeds, epochs, device, recipe="airbench94"):
+def accuracy(data_dir, seeds, epochs, device, recipe="airbench94", dtype="float32"):
     from benchmarks import torch_ports  # with PyTorch, as the port
 
     splits = data.load_cifar10(data_dir, download=False)
@@ -92,7 +92,7 @@ def accuracy(data_dir, seeds, epochs, device, recipe="airbench94"):
     for seed in seeds:
         with tempfile.TemporaryDirectory() as workdir:
             config = Config.for_model(recipe, epochs=epochs, seed=seed, data_dir=data_dir,
-                                      download=False)
+                                      download=False, dtype=dtype)
             history = train_and_evaluate(config, os.path.join(workdir, "run"), progress=False)
         runs["cifar_jax"].append({"seed": seed, "test_accuracy": history[-1]["test_accuracy"],
                                   "test_accuracy_tta": history[-1]["test_accuracy_tta"],
@@ -138,6 +138,9 @@ def main(argv=None):
     p.add_argument("--device", choices=("cpu", "cuda"),
                    default="cuda" if jax.default_backend() == "gpu" else "cpu",
                    help="PyTorch's device (default: the one JAX uses)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="cifar_jax's compute dtype (default: float32); the port keeps its own: "
+                        "float32 on the CPU, half precision on CUDA as the original")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     try:
@@ -151,14 +154,14 @@ def main(argv=None):
     print(f"{describe_device()}, torch {torch.__version__}", flush=True)
     if args.throughput:
         result = throughput(args.batch_size or PORTS[args.recipe][1], args.steps, args.repeats,
-                            args.device, args.recipe)
+                            args.device, args.recipe, args.dtype)
     else:
         result = accuracy(args.data_dir, args.seeds,
                           args.epochs or Config.for_model(args.recipe).epochs, args.device,
-                          args.recipe)
+                          args.recipe, args.dtype)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"recipe": args.recipe, "backend": jax.default_backend(),
+            json.dump({"recipe": args.recipe, "dtype": args.dtype, "backend": jax.default_backend(),
                        "device": jax.devices()[0].device_kind, "jax": jax.__version__, **result},
                       f, indent=2)
 
