@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from cifar_jax import sweep
+from cifar_jax import run, sweep
 from cifar_jax.data import CLASS_NAMES
 
 REPORT_FILES = ("confusion_matrix.png", "report.txt")
@@ -14,13 +14,18 @@ REPORT_FILES = ("confusion_matrix.png", "report.txt")
 def write_run_reports(config, workdir, labels, predicted, history):
     """A finished run's reports: the confusion matrix and per-class report of `predicted` (the
     model's, the ensemble's, a sweep's best point's), the history plot; a sweep's table and
-    plot."""
-    write_reports(workdir, labels, predicted)
-    plot_history(history, os.path.join(workdir, "history.png"))
-    if config.sweep:
-        final = sweep.final(history)
-        sweep.write_csv(workdir, config, final)
-        plot_sweep(config, final, os.path.join(workdir, sweep.PLOT_FILE))
+    plot. A folder they cannot be written to is a RunError that says how to write them again."""
+    try:
+        write_reports(workdir, labels, predicted)
+        plot_history(history, os.path.join(workdir, "history.png"))
+        if config.sweep:
+            final = sweep.final(history)
+            sweep.write_csv(workdir, config, final)
+            plot_sweep(config, final, os.path.join(workdir, sweep.PLOT_FILE))
+    except OSError as e:
+        raise run.RunError(f"cannot write the reports into {workdir}: {e.strerror.lower()}; "
+                           f"every epoch is saved: {run.resume_command(workdir)} writes them "
+                           "again") from None
 
 
 def write_reports(out_dir, labels, predicted):

@@ -5,13 +5,18 @@ Every run trains a stack of N >= 1 models (`stack.py`): one model, `--num-seeds`
 points and seeds. The loop below reads the same for all; what differs is N and the models' names.
 """
 
+import sys
+
+if __name__ == "__main__":  # python -m cifar_jax.train: main.py's command line, before the body
+    from cifar_jax.main import main  # below: main imports it as cifar_jax.train, and only once
+
+    sys.exit(main())
+
 import contextlib
 import functools
 import math
 import os
-import sys
 import time
-from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -25,6 +30,7 @@ from cifar_jax import (
     evaluate,
     log,
     parallel,
+    programs,
     report,
     run,
     stack,
@@ -92,43 +98,6 @@ def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, fi
     return state, chunks, n_steps
 
 
-class Program(NamedTuple):
-    """A program of a sweep of several (`sweep.programs`), as `_train` needs to know it: the
-    whole sweep's config and folder, the program's static point, its number and how many."""
-
-    sweep: Config
-    workdir: str
-    static: dict
-    index: int
-    count: int
-
-
-def plan(config, n_train=50_000):
-    """[(static point, program config)] that `config` trains (`sweep.programs`): one program
-    unless the sweep varies a setting the pieces cannot take as a traced value (a shape, a
-    model, the batch size: `sweep.may_be_data`, `contracts.untraceable`)."""
-    if not config.sweep:
-        return [({}, config)]
-    maybe = [name for name, _ in config.sweep if sweep.may_be_data(config, name)]
-    untraceable = set()
-    if maybe:
-        for static, program in sweep.programs(config, maybe):
-            with _named(static):
-                untraceable.update(contracts.untraceable(program, n_train))
-    return sweep.programs(config, [name for name in maybe if name not in untraceable])
-
-
-@contextlib.contextmanager
-def _named(static):
-    """A program's contract errors name its point."""
-    try:
-        yield
-    except ConfigError as e:
-        if not static:
-            raise
-        raise type(e)(f"point {sweep.label(static)}: {e}") from None
-
-
 def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resume: bool = False,
                        stop=None):
     """Train `config.model` on CIFAR-10, evaluate after every epoch, write the run to `workdir`.
@@ -144,7 +113,7 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
     a finished program again. Returns the per-epoch rows.
     """
     is_main_process = parallel.is_main_process()
-    programs = _checked_plan(config, workdir, resume)
+    plan = _checked_plan(config, workdir, resume)
     created = not os.path.isdir(workdir)
     with run.lock(workdir) if is_main_process else contextlib.nullcontext():
         if not resume:
@@ -154,52 +123,51 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
         if is_main_process:
             print(f"training {describe_run(config)} -> {workdir}", flush=True)
             if config.sweep:
-                print(sweep.describe_plan(config, programs), flush=True)
+                print(sweep.describe_plan(config, plan), flush=True)
         try:
-            splits = _load_data(config, programs)
+            splits = _load_data(config, plan)
         except (data.DataError, ConfigError):
             if is_main_process and not resume:  # leave no half-made run behind
                 run.discard(workdir, created)
             raise
-        if len(programs) > 1:
-            return _train_programs(config, workdir, programs, splits, progress, stop)
+        if len(plan) > 1:
+            return programs.train_in_turn(config, workdir, plan, splits, _train, progress, stop)
         history, predicted, state, test = _train(config, workdir, splits, progress, resume, stop)
         if is_main_process:
-            with _reports(workdir):
-                if predicted is None:  # resumed a run whose epochs were all done
-                    predicted = evaluate.final_predictions(state, test, config, history[-1])
-                report.write_run_reports(config, workdir, splits["test"][1], predicted, history)
+            if predicted is None:  # resumed a run whose epochs were all done
+                predicted = evaluate.final_predictions(state, test, config, history[-1])
+            report.write_run_reports(config, workdir, splits["test"][1], predicted, history)
         return history
 
 
 def _checked_plan(config, workdir, resume):
-    """`plan(config)`, once the run may start: refusals come before anything is touched, and
+    """`programs.plan(config)`, once the run may start: refusals come before anything is touched, and
     before the training is announced (a piece that breaks its contract: one line, nothing
     written). Its contracts' notes go to stderr."""
     if resume:
         run.check_resumable(config, workdir)
     else:
         run.check_new(workdir)
-    programs = plan(config)
+    plan = programs.plan(config)
     notes = []
-    for static, program in programs:
+    for static, program in plan:
         try:
             parallel.check_divisible(program.batch_size, parallel.data_mesh(program.members))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        with _named(static):
+        with programs.named(static):
             notes += [note for note in contracts.check(program) if note not in notes]
     if parallel.is_main_process():
         for note in notes:
             print(note, file=sys.stderr, flush=True)
-    return programs
+    return plan
 
 
-def _load_data(config, programs):
+def _load_data(config, plan):
     """The CIFAR-10 splits, with each program's batch size checked against them."""
     splits = data.load_cifar10(config.data_dir, config.download, config.archive)
     n_train = len(splits["train"][1])
-    for _, program in programs:
+    for _, program in plan:
         if not train_state.run_length(program, n_train)[0]:
             raise ConfigError(f"--batch-size {program.batch_size} is more than the {n_train} "
                               "training images, and the recipe drops partial batches: use a "
@@ -222,73 +190,11 @@ def describe_run(config):
     return f"{config.model} ({config.optimizer}{lr}{values}{epochs}{batch}, {config.dtype})"
 
 
-def _train_programs(config, workdir, programs, splits, progress, stop):
-    """The programs of a sweep of several, in turn, each a run folder of its own in
-    `sweep.program_dir`; one finished already (a resumed sweep) is not trained again. The
-    sweep's metrics.jsonl merges theirs; its reports are over all points."""
-    is_main_process = parallel.is_main_process()
-    histories, predicted = [], {}
-    for k, (static, program) in enumerate(programs):
-        folder = sweep.program_dir(workdir, k)
-        saved = os.path.isfile(os.path.join(folder, "config.json"))
-        history = sweep.named(program, run.read_metrics(folder)) if saved else []
-        where = f"program {k + 1}/{len(programs)}, {sweep.label(static)}"
-        if saved and len(history) == math.ceil(program.epochs):
-            if is_main_process:
-                print(f"{where}: trained already", flush=True)
-        else:
-            if saved:
-                try:
-                    run.check_resumable(program, folder)
-                except ConfigError as e:
-                    raise run.RunError(f"{where} in {folder} differs from what the sweep trains "
-                                       f"now ({e}); start the sweep in a new --workdir") from None
-                if is_main_process and program != run.resumed_config(folder):
-                    run.write_config(program, folder)  # more epochs, or a new learning rate
-            else:
-                run.create(program, folder, is_main_process)
-            if is_main_process:
-                print(f"{where} -> {folder}", flush=True)
-            history, predicted[k], *_ = _train(
-                program, folder, splits, progress, saved, stop,
-                Program(config, workdir, static, k, len(programs)))
-        histories.append((static, history))
-        if is_main_process:
-            run.write_metrics(workdir, sweep.merged(config, histories))
-    history = sweep.merged(config, histories)
-    if is_main_process:
-        final = sweep.final(history)
-        best = config.points()[sweep.best(final)]
-        k = next(k for k, (static, _) in enumerate(programs)
-                 if all(best[name] == value for name, value in static.items()))
-        with _reports(workdir):
-            if predicted.get(k) is None:  # its program was trained before this resume
-                program = programs[k][1]
-                local = {name: best[name] for name, _ in program.sweep}
-                _, state, _ = run.load_state(sweep.program_dir(workdir, k), point=local)
-                mesh = parallel.data_mesh()
-                test = evaluate.place_test_set(*splits["test"], program.eval_batch_size, mesh)
-                predicted[k] = evaluate.predicted(
-                    jax.device_put(state, parallel.replicated(mesh)), test, program.tta)
-            report.write_run_reports(config, workdir, splits["test"][1], predicted[k], history)
-    return history
-
-
-@contextlib.contextmanager
-def _reports(workdir):
-    try:
-        yield
-    except OSError as e:
-        raise run.RunError(f"cannot write the reports into {workdir}: {e.strerror.lower()}; "
-                           f"every epoch is saved: {run.resume_command(workdir)} writes them "
-                           "again") from None
-
-
 def _train(config, workdir, splits, progress, resume, stop, program=None):
-    """The epochs of `train_and_evaluate` (of one `program` of a sweep of several: its own run
-    folder, its points named in full), the run folder ready and held. Returns (the rows, the
-    final epoch's predicted test classes or None where no epoch was left to train, the state,
-    the test set)."""
+    """The epochs of `train_and_evaluate` (of one `program` of a sweep of several,
+    `programs.Program`: its own run folder, its points named in full), the run folder ready
+    and held. Returns (the rows, the final epoch's predicted test classes or None where no
+    epoch was left to train, the state, the test set)."""
     top = program.workdir if program else workdir  # what the messages and TensorBoard name
     models = stack.Stack.of(config, program and functools.partial(sweep.full, program.sweep,
                                                                   program.static))
@@ -401,8 +307,3 @@ def _writing(workdir):
         raise type(e)(f"{e}; the run stopped there: fix that, then continue with: "
                       f"{run.resume_command(workdir)}") from None
 
-
-if __name__ == "__main__":  # python -m cifar_jax.train
-    from cifar_jax.main import main
-
-    sys.exit(main())

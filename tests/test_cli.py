@@ -1,6 +1,7 @@
 """The command lines as a user runs them, through `main()` in this process (exit code, stderr
 and stdout are what the process would give); no real data needed."""
 
+import importlib.metadata
 import os
 
 import pytest
@@ -15,6 +16,14 @@ def test_train_help_explains_every_flag(capsys):
                  "--data-dir", "--no-download", "--workdir", "--keep", "--no-progress", "--loss",
                  "--augment", "--reduction"):
         assert flag in out
+
+
+def test_every_installed_command_names_a_main():
+    commands = {ep.name: ep for ep in importlib.metadata.entry_points(group="console_scripts")
+                if ep.value.startswith("cifar_jax.")}
+    assert sorted(commands) == ["cifar-jax-evaluate", "cifar-jax-predict", "cifar-jax-train"]
+    assert commands["cifar-jax-train"].load() is train_main
+    assert all(callable(ep.load()) for ep in commands.values())
 
 
 def main(capsys, *args):

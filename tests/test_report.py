@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from cifar_jax import report
+from cifar_jax import report, run
+from cifar_jax.config import Config
 
 
 def test_confusion_matrix_counts_pairs():
@@ -25,3 +26,13 @@ def test_plots_are_written(tmp_path):
     report.plot_history(rows, tmp_path / "h.png")
     assert (tmp_path / "cm.png").stat().st_size > 10_000
     assert (tmp_path / "h.png").stat().st_size > 10_000
+
+
+def test_reports_that_cannot_be_written_say_how_to_write_them_again(tmp_path):
+    (tmp_path / report.REPORT_FILES[1]).mkdir()  # report.txt cannot be opened for writing
+    labels = np.arange(10) % 10
+    with pytest.raises(run.RunError) as error:
+        report.write_run_reports(Config(), str(tmp_path), labels, labels, [])
+    assert str(error.value) == (f"cannot write the reports into {tmp_path}: is a directory; every "
+                                f"epoch is saved: {run.resume_command(str(tmp_path))} writes them "
+                                "again")

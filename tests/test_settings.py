@@ -15,7 +15,7 @@ from PIL import Image
 from test_cli import main
 from test_resume import interrupting, rows, snapshot
 
-from cifar_jax import evaluate, predict, run, steps, sweep, train
+from cifar_jax import evaluate, predict, programs, run, steps, sweep, train
 from cifar_jax.config import Config
 from cifar_jax.main import parse_args
 
@@ -202,7 +202,7 @@ def test_a_finished_sweep_of_tuples_resumed_writes_its_reports_again(mock_cifar1
         assert [line[0] for line in csv.reader(f)] == ["model.features", "4,4", "8,8"]
 
 
-@pytest.mark.parametrize("sweep_, programs, data", [
+@pytest.mark.parametrize("sweep_, static, data", [
     ({"batch_size": [16, 32]}, [{"batch_size": 16}, {"batch_size": 32}], []),
     ({"model": ["cnn", "mlp"], "learning_rate": [1e-3, 2e-3]}, [{"model": "cnn"}, {"model": "mlp"}],
      ["learning_rate"]),
@@ -211,17 +211,17 @@ def test_a_finished_sweep_of_tuples_resumed_writes_its_reports_again(mock_cifar1
     ({"epochs": [1, 2]}, [{"epochs": 1.0}, {"epochs": 2.0}], []),
     ({"augment.translate.pad": [1, 2]}, None, None),  # below: needs translate in the run
 ])
-def test_a_sweep_can_vary_anything(sweep_, programs, data):
-    if programs is None:
+def test_a_sweep_can_vary_anything(sweep_, static, data):
+    if static is None:
         config = Config.for_model("cnn", augment="translate", sweep=sweep_)
-        programs, data = [{"augment.translate.pad": 1}, {"augment.translate.pad": 2}], []
+        static, data = [{"augment.translate.pad": 1}, {"augment.translate.pad": 2}], []
     else:
         config = Config.for_model("cnn", sweep=sweep_)
-    plan = train.plan(config)
-    assert [static for static, _ in plan] == programs
+    plan = programs.plan(config)
+    assert [point for point, _ in plan] == static
     assert all([name for name, _ in program.sweep] == data for _, program in plan)
-    for static, program in plan:  # each program is its run at its static values
-        for name, value in static.items():
+    for point, program in plan:  # each program is its run at its static values
+        for name, value in point.items():
             assert program.value(name) == value
     if "model" in sweep_:  # the recipe is --model's (cnn's: adam), the network swept
         assert [(p.model, p.optimizer, p.learning_rate) for _, p in plan] == [

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_extensions import BROKEN
 from test_resume import interrupted_then_resumed, rows
 
-from cifar_jax import evaluate, main, predict, register_optimizer, run, steps, sweep, train
+from cifar_jax import evaluate, main, predict, programs, register_optimizer, run, steps, sweep
 from cifar_jax.config import Config
 from cifar_jax.registry import CONTRACTS
 from cifar_jax.train import train_and_evaluate
@@ -246,16 +246,16 @@ def test_a_setting_the_pieces_need_as_a_python_number_makes_a_program_per_value(
     register_optimizer("picky", picky)
     config = Config.for_model("mlp", optimizer="picky", sweep={"momentum": [0.1, 0.9],
                                                                "learning_rate": [0.1, 0.2]})
-    programs = train.plan(config)
-    assert [static for static, _ in programs] == [{"optimizer.momentum": 0.1},
-                                                  {"optimizer.momentum": 0.9}]
-    assert [program.sweep for _, program in programs] == [(("learning_rate", (0.1, 0.2)),)] * 2
-    assert programs[1][1].settings == {"optimizer.momentum": 0.9}
-    assert sweep.describe_plan(config, programs) == (
+    plan = programs.plan(config)
+    assert [static for static, _ in plan] == [{"optimizer.momentum": 0.1},
+                                              {"optimizer.momentum": 0.9}]
+    assert [program.sweep for _, program in plan] == [(("learning_rate", (0.1, 0.2)),)] * 2
+    assert plan[1][1].settings == {"optimizer.momentum": 0.9}
+    assert sweep.describe_plan(config, plan) == (
         "sweep: 4 points x 1 seed = 4 models in 2 compiled programs of 2 (a program per "
         "optimizer.momentum; learning_rate within each)")
     # the same optimiser in Python's numbers alone: one program
     register_optimizer("smooth", lambda learning_rate=0.1, momentum=0.9: optax.sgd(
         learning_rate, momentum))
     config = Config.for_model("mlp", optimizer="smooth", sweep={"momentum": [0.1, 0.9]})
-    assert train.plan(config) == [({}, config)]
+    assert programs.plan(config) == [({}, config)]
