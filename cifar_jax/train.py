@@ -72,30 +72,43 @@ def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, fi
     per_call = -(-n_steps // PROGRESS_UPDATES)  # a resumed epoch starts on a call boundary
     train_batches = steps.train_batches_stacked(len(idx))
     chunks = []
+
+    def read(start, metrics):  # waits for the call that computed `metrics`
+        metrics = jax.device_get(metrics)
+        first = np.asarray(metrics["first_diverged"])  # [models]
+        bad = first >= 0
+        if bad.any() and diverged is not None and (all_may or not bad.all()):
+            diverged.update(np.flatnonzero(bad))
+        elif bad.any():
+            model = int(np.argmin(np.where(bad, first, n_steps)))
+            value = float(np.asarray(metrics["diverged_loss"])[model])
+            how = (f"reached {value:.4g} (over 100 x ln 10)" if np.isfinite(value)
+                   else f"became {value}")
+            which = f" ({names[model]})" if names[model] else ""
+            raise TrainingError(f"loss {how}{which} at {desc}, step "
+                                f"{start + int(first[model]) + 1}/{n_steps}")
+        chunks.append(metrics)
+        bar.update(min(per_call, n_steps - start))
+
+    # Each call's metrics are read once the next call is on its way: calls are dispatched
+    # without waiting, so the device never idles while the host reads them (a GPU, whose call
+    # of a few steps takes milliseconds); a divergence still stops the run at the call after.
+    pending, done = None, n_steps
     with tqdm(total=n_steps, initial=first, desc=desc, unit="step", disable=not progress,
               leave=False) as bar:
         for start in range(first, n_steps, per_call):
             if stop:
-                return state, chunks, start
+                done = start
+                break
             part = slice(start, start + per_call)
             state, metrics = train_batches(state, images, labels, idx[:, part], mask[:, part],
                                            key, epoch - 1)
-            metrics = jax.device_get(metrics)
-            first = np.asarray(metrics["first_diverged"])  # [models]
-            bad = first >= 0
-            if bad.any() and diverged is not None and (all_may or not bad.all()):
-                diverged.update(np.flatnonzero(bad))
-            elif bad.any():
-                model = int(np.argmin(np.where(bad, first, n_steps)))
-                value = float(np.asarray(metrics["diverged_loss"])[model])
-                how = (f"reached {value:.4g} (over 100 x ln 10)" if np.isfinite(value)
-                       else f"became {value}")
-                which = f" ({names[model]})" if names[model] else ""
-                raise TrainingError(f"loss {how}{which} at {desc}, step "
-                                    f"{start + int(first[model]) + 1}/{n_steps}")
-            chunks.append(metrics)
-            bar.update(idx[:, part].shape[1])
-    return state, chunks, n_steps
+            if pending:
+                read(*pending)
+            pending = start, metrics
+        if pending:
+            read(*pending)
+    return state, chunks, done
 
 
 def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resume: bool = False,

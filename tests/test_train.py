@@ -2,9 +2,10 @@ import dataclasses
 import json
 import os
 
+import numpy as np
 import pytest
 
-from cifar_jax import ops, register_model, steps
+from cifar_jax import ops, register_model, steps, train
 from cifar_jax.config import Config, ConfigError
 from cifar_jax.data import CLASS_NAMES
 from cifar_jax.models import CNN
@@ -110,3 +111,35 @@ def test_the_plain_cnn_trains_as_its_twin_written_with_cifar_jaxs_kernel(cnn_run
                               str(tmp_path / "twin"), progress=False)
     strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
     assert strip(twin) == strip(history)
+
+
+def test_each_call_is_dispatched_before_the_one_before_is_read(monkeypatch):
+    # The device never waits for the host: the loop reads a call's metrics (which waits for the
+    # call) only once the next call is on its way; a stop reads every call it dispatched.
+    events = []
+
+    def train_batches(n):
+        def call(state, images, labels, idx, mask, key, epoch):
+            events.append(("call", int(idx[0, 0, 0])))
+            return state + 1, {"first_diverged": np.full(n, -1), "start": int(idx[0, 0, 0])}
+        return call
+
+    monkeypatch.setattr(steps, "train_batches_stacked", train_batches)
+    monkeypatch.setattr(train.jax, "device_get",
+                        lambda metrics: events.append(("read", metrics["start"])) or metrics)
+    idx = np.arange(40).reshape(1, 40, 1)  # 40 steps: 20 calls of 2
+    state, chunks, done = train.train_epoch(0, None, None, idx, idx, None, 1, "epoch 1", False)
+    starts = list(range(0, 40, 2))
+    assert events == [("call", 0), *[e for k in starts[1:] for e in (("call", k), ("read", k - 2))],
+                      ("read", 38)]
+    assert (state, [chunk["start"] for chunk in chunks], done) == (20, starts, 40)
+
+    class StopAfterThreeCalls:
+        def __bool__(self):
+            return len(events) >= 4  # call 0, call 2, read 0, call 4
+    events.clear()
+    state, chunks, done = train.train_epoch(0, None, None, idx, idx, None, 1, "epoch 1", False,
+                                            stop=StopAfterThreeCalls())
+    assert events == [("call", 0), ("call", 2), ("read", 0), ("call", 4), ("read", 2),
+                      ("read", 4)]
+    assert (state, len(chunks), done) == (3, 3, 6)
