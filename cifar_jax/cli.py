@@ -229,10 +229,11 @@ def _metavar(setting):
     return f"{kinds[setting.item]},..." if setting.type is tuple else kinds[setting.type]
 
 
-def help_config(argv):
-    """The Config that `argv` (a train command line with --help) names, to list its pieces'
-    settings: the run's in --workdir with --resume, else the recipe's with the pieces given;
-    None where they do not make one."""
+def help_config(argv, settings):
+    """The Config that `argv` (a train command line with --help, without the pieces'
+    `settings`, {KIND.NAME: text}) names, to list its pieces' settings: the run's in --workdir
+    with --resume, else the recipe's with the pieces and settings given. ConfigError says why
+    they do not make one."""
     pre = argparse.ArgumentParser(add_help=False)
     for name in ("model", "optimizer", "loss", "augment", "workdir"):
         pre.add_argument(f"--{name}")
@@ -247,6 +248,10 @@ def help_config(argv):
                  if getattr(known, name) is not None}
         model = known.model or next((values[0] for name, values in sweep if name == "model"),
                                     "cnn")
-        return Config.for_model(model, **given, sweep=sweep or None)
-    except (ValueError, TypeError, argparse.ArgumentTypeError):
-        return None
+        # Any learning rate: the help lists the pieces' settings, not it (the run itself asks
+        # for one where the optimiser has no default).
+        swept_rate = any(name == "learning_rate" for name, _ in sweep)
+        return Config.for_model(model, **given, learning_rate=None if swept_rate else 1.0,
+                                sweep=sweep or None, settings=settings)
+    except argparse.ArgumentTypeError as e:
+        raise ConfigError(str(e)) from None

@@ -59,11 +59,12 @@ def parse_args(argv=None):
                         "flag that contradicts them is an error")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar, only one line per epoch")
-    if {"-h", "--help"} & set(argv):  # list the settings of the pieces the command line names
-        config = help_config(argv)
-        if config is not None:
-            add_piece_help(p, config)
     argv, settings = split_settings(p, argv)
+    if {"-h", "--help"} & set(argv):  # list the settings of the pieces the command line names
+        try:
+            add_piece_help(p, help_config(argv, settings))
+        except ConfigError as e:
+            p.add_argument_group("settings of the pieces", f"not listed: {e}")
     args = p.parse_args(argv)
     if args.resume and not args.workdir:
         p.error("--resume needs --workdir: the folder of the run to continue")

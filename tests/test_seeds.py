@@ -43,13 +43,18 @@ def test_rows_hold_mean_std_per_seed_and_the_final_ensemble_and_interval(two_see
     assert "ensemble_test_accuracy" not in history[0]
     low, high = final["test_accuracy_ci95"]
     half = 12.706205 * final["test_accuracy_std"] / np.sqrt(2)  # t(0.975, 1 degree of freedom)
-    assert (low, high) == pytest.approx((final["test_accuracy"] - half, final["test_accuracy"] + half))
+    assert (low, high) == pytest.approx((max(final["test_accuracy"] - half, 0),
+                                         min(final["test_accuracy"] + half, 1)))
 
 
 def test_confidence_interval_by_hand():
     low, high = stack.confidence_interval([0.93, 0.94, 0.95, 0.94])
     half = 3.182446 * np.std([0.93, 0.94, 0.95, 0.94], ddof=1) / 2  # t(0.975, 3) * s / sqrt(4)
     assert (low, high) == pytest.approx((0.94 - half, 0.94 + half))
+    # an accuracy's interval stays within [0, 1]
+    assert stack.confidence_interval([0.2, 0.3]) == (0.0, pytest.approx(0.25 + 12.706205 * 0.05))
+    assert stack.confidence_interval([0.96, 0.99]) == (pytest.approx(0.975 - 12.706205 * 0.015),
+                                                        1.0)
 
 
 def test_the_ensemble_is_the_mean_of_the_softmaxes(two_seeds, mock_cifar10):

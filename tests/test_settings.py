@@ -40,6 +40,21 @@ def test_help_lists_the_chosen_pieces_settings_with_their_defaults(mypieces, cap
     assert "--augment.translate.pad INT an integer (default: 2)" in text
 
 
+def test_help_lists_an_optax_optimisers_settings_and_says_why_it_cannot(capsys):
+    # optax.adamw has no default learning rate: the help lists its settings all the same, with
+    # those the command line gives
+    code, out, _ = main(capsys, "--optimizer", "optax:adamw", "--optimizer.b2", "0.95", "--help")
+    text = " ".join(out.split())
+    assert code == 0
+    assert "--optimizer.b2 FLOAT a number (default: 0.999; this run: 0.95)" in text
+    assert "--optimizer.weight_decay FLOAT a number (default: 0.0001)" in text
+    code, out, _ = main(capsys, "--optimizer.bogus", "3", "--help")
+    text = " ".join(out.split())
+    assert code == 0
+    assert ("settings of the pieces: not listed: optimizer.bogus: optimizer 'adam' has no "
+            "setting 'bogus'; it has no settings") in text
+
+
 def test_a_users_pieces_take_their_settings_from_the_command_line(mypieces, mock_cifar10, tmp_path,
                                                                   capsys):
     workdir = str(tmp_path / "run")
