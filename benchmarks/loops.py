@@ -2,7 +2,7 @@
 measurements behind `ops.for_backend` (why the steps compute any model's XLA convolutions as
 matmuls on the CPU, and keep the whole epoch in one scanned program).
 
-    python -m benchmarks.loops [--models plain kernels cnn resnet8 airbench94] [--json out.json]
+    python -m benchmarks.loops [--models plain kernels nnx cnn resnet8 airbench94] [--json out.json]
 
 For each model, cifar_jax's own train step (`steps.train_step`) on synthetic data, four ways:
 
@@ -18,7 +18,8 @@ For each model, cifar_jax's own train step (`steps.train_step`) on synthetic dat
 Seconds a step after compiling (the median of --repeats timed passes of --steps steps), and
 each way's speed against the last. The models: `plain`, a CNN as Flax's docs write one
 (nn.Conv(32), BatchNorm, max-pool, nn.Conv(64), BatchNorm, max-pool, dropout, Dense) at batch
-256; `kernels`, the same written with `conv_general_dilated=ops.conv_as_matmul`; `cnn`, the
+256; `kernels`, the same written with `conv_general_dilated=ops.conv_as_matmul`; `nnx`, the same
+written in Flax NNX (`nnx.Conv(3, 32, (3, 3), rngs=rngs)`, ...); `cnn`, the
 tutorial's CNN at batch 32; `resnet8`, examples/resnet8.py at batch 32; `airbench94`, the
 recipe's network (its convolutions cifar_jax's Winograd kernels already) at batch 1024.
 """
@@ -34,10 +35,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from flax import nnx
 
 from benchmarks.throughput import describe_device
 from cifar_jax import ops, steps, train_state
 from cifar_jax.config import Config
+from cifar_jax.models import from_nnx
 from cifar_jax.registry import lookup
 
 
@@ -56,6 +59,21 @@ class Plain(nn.Module):
         return nn.Dense(10)(x)
 
 
+class PlainNNX(nnx.Module):
+    """`Plain` as Flax's NNX docs write it (trained through `cifar_jax.models.from_nnx`)."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.conv1, self.bn1 = nnx.Conv(3, 32, (3, 3), rngs=rngs), nnx.BatchNorm(32, rngs=rngs)
+        self.conv2, self.bn2 = nnx.Conv(32, 64, (3, 3), rngs=rngs), nnx.BatchNorm(64, rngs=rngs)
+        self.dropout = nnx.Dropout(0.25, rngs=rngs)
+        self.linear = nnx.Linear(64 * 8 * 8, 10, rngs=rngs)
+
+    def __call__(self, x):
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
+            x = nnx.max_pool(nnx.relu(bn(conv(x))), (2, 2), strides=(2, 2))
+        return self.linear(self.dropout(x.reshape(x.shape[0], -1)))
+
+
 def _resnet8():
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
     from resnet8 import ResNet8  # noqa: PLC0415 - the example, where it lives
@@ -67,6 +85,7 @@ def _resnet8():
 MODELS = {
     "plain": (Plain, 256, optax.adam(1e-3)),
     "kernels": (lambda: Plain(conv=ops.conv_as_matmul), 256, optax.adam(1e-3)),
+    "nnx": (lambda: from_nnx.builder(PlainNNX)(), 256, optax.adam(1e-3)),
     "cnn": (lambda: train_state.build_model(Config.for_model("cnn")), 32, optax.adam(1e-3)),
     "resnet8": (_resnet8, 32, optax.adam(1e-3)),
     "airbench94": (lambda: train_state.build_model(Config.for_model("airbench94")), 1024,

@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 
 # What each kind of piece must be; --help, the README and the error messages say it so.
 CONTRACTS = {
-    "model": "a Flax module class, or a function returning a module (given dtype= where it "
-             "takes one), applied as apply(variables, images, train=...) to float images in "
-             "[0, 1] of shape [B, 32, 32, 3] and returning logits [B, 10]",
+    "model": "a Flax module class (Linen or NNX), or a function returning a module (given "
+             "dtype= where it takes one), applied as apply(variables, images, train=...) to "
+             "float images in [0, 1] of shape [B, 32, 32, 3] and returning logits [B, 10]",
     "optimizer": "a function of the learning rate (a number; the run's schedule scales its "
                  "updates) returning an optax.GradientTransformation",
     "augmentation": "a pure function (images, key) of uint8 images [B, 32, 32, 3] and a PRNG "
@@ -209,7 +209,11 @@ def _one_line(error):
 def parameters(fn):
     """`fn`'s parameters by name (a class: its constructor's); {} where Python cannot tell."""
     try:
-        return dict(inspect.signature(fn).parameters)
+        found = dict(inspect.signature(fn).parameters)
+        if isinstance(fn, type) and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                                        for p in found.values()):  # NNX's metaclass hides it
+            found = dict(list(inspect.signature(fn.__init__).parameters.items())[1:])
+        return found
     except (TypeError, ValueError):
         return {}
 
@@ -236,7 +240,7 @@ def default_of(fn, name):
 # optimiser's first parameter is the learning rate, whatever its name: --learning-rate; a
 # loss's first two are the logits and labels, an augmentation's first the images.)
 RUN_ARGUMENTS = {
-    "model": ("dtype",),  # --dtype
+    "model": ("dtype", "rngs"),  # --dtype; an NNX module's Rngs (the init's and step's keys)
     "optimizer": ("batch_size", "total_steps", "steps_per_epoch", "dtype", "schedule"),
     "augmentation": ("key", "run_key", "indices", "epoch"),
     "loss": (),
@@ -262,11 +266,11 @@ class Setting(NamedTuple):
 
 def settings_of(kind, obj, built=True):
     """{name: Setting} of the piece `obj` of `kind`, in signature order: its keyword
-    parameters but the inputs and `RUN_ARGUMENTS`; for a model, a module class's dataclass
-    fields, or a build function's keywords and then (unless not `built`: the function is not
-    called then) the fields of the module it builds (set on the built module:
-    `Module.clone`). Parameters of other types (a function, an initialiser) are not
-    settings."""
+    parameters but the inputs and `RUN_ARGUMENTS`; for a model, a Linen module class's
+    dataclass fields, an NNX module class's constructor's keywords, or a build function's
+    keywords and then (unless not `built`: the function is not called then) the fields of the
+    module it builds (set on the built module: `Module.clone`). Parameters of other types (a
+    function, an initialiser) are not settings."""
     found = {}
     if kind == "model" and isinstance(obj, type) and dataclasses.is_dataclass(obj):
         for field in dataclasses.fields(obj):
@@ -281,7 +285,7 @@ def settings_of(kind, obj, built=True):
         if i >= _INPUTS[kind] and name not in RUN_ARGUMENTS[kind] and p.kind in (
                 p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             _add(found, name, p.default, p.annotation)
-    if kind == "model" and built:
+    if kind == "model" and built and not isinstance(obj, type):  # a build function
         for name, setting in _built_fields(obj).items():
             found.setdefault(name, setting)
     return found
