@@ -69,18 +69,24 @@ class JaxSide:
         return len(self.labels) / (time.perf_counter() - start)
 
 
-def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94", dtype="float32"):
+def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94", dtype="float32",
+               torch_compile=False):
     jax_side = JaxSide(batch_size, steps_per_pass, dtype, recipe)
     from benchmarks import torch_ports  # with PyTorch, as the port
 
-    torch_pass = torch_ports.throughput_pass(port(recipe), batch_size, steps_per_pass, device)
+    start = time.perf_counter()
+    torch_pass = torch_ports.throughput_pass(port(recipe), batch_size, steps_per_pass, device,
+                                             torch_compile=torch_compile)
+    torch_warmup_s = time.perf_counter() - start
     result = interleaved_medians({"cifar_jax": jax_side.train_pass, "pytorch": torch_pass},
                                  repeats)
     result["ratio"] = result["cifar_jax"] / result["pytorch"]
     result["cifar_jax_compile_s"] = jax_side.compile_s
-    print(f"{recipe} batch {batch_size}: cifar_jax {result['cifar_jax']:,.0f} img/s, PyTorch "
-          f"{result['pytorch']:,.0f} img/s (x{result['ratio']:.2f}); cifar_jax compile "
-          f"{jax_side.compile_s:.1f} s", flush=True)
+    result["pytorch_warmup_s"], result["torch_compile"] = torch_warmup_s, torch_compile
+    print(f"{recipe} batch {batch_size}: cifar_jax {result['cifar_jax']:,.0f} img/s, PyTorch"
+          f"{' (torch.compile)' if torch_compile else ''} {result['pytorch']:,.0f} img/s "
+          f"(x{result['ratio']:.2f}); cifar_jax compile {jax_side.compile_s:.1f} s, PyTorch's "
+          f"set-up and warm-up steps {torch_warmup_s:.1f} s", flush=True)
     return result
 
 
@@ -141,6 +147,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="cifar_jax's compute dtype (default: float32); the port keeps its own: "
                         "float32 on the CPU, half precision on CUDA as the original")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="throughput: the port's network compiled by torch.compile (default: "
+                        "eager, as the ports train)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     try:
@@ -154,7 +163,7 @@ def main(argv=None):
     print(f"{describe_device()}, torch {torch.__version__}", flush=True)
     if args.throughput:
         result = throughput(args.batch_size or PORTS[args.recipe][1], args.steps, args.repeats,
-                            args.device, args.recipe, args.dtype)
+                            args.device, args.recipe, args.dtype, args.torch_compile)
     else:
         result = accuracy(args.data_dir, args.seeds,
                           args.epochs or Config.for_model(args.recipe).epochs, args.device,

@@ -15,13 +15,15 @@ For each model, cifar_jax's own train step (`steps.train_step`) on synthetic dat
                                `ops.conv_as_matmul` (`ops.convolutions_as_matmuls`): how the
                                steps run a model now on the CPU
 
-Seconds a step after compiling (the median of --repeats timed passes of --steps steps), and
-each way's speed against the last. The models: `plain`, a CNN as Flax's docs write one
-(nn.Conv(32), BatchNorm, max-pool, nn.Conv(64), BatchNorm, max-pool, dropout, Dense) at batch
-256; `kernels`, the same written with `conv_general_dilated=ops.conv_as_matmul`; `nnx`, the same
-written in Flax NNX (`nnx.Conv(3, 32, (3, 3), rngs=rngs)`, ...); `cnn`, the
-tutorial's CNN at batch 32; `resnet8`, examples/resnet8.py at batch 32; `airbench94`, the
-recipe's network (its convolutions cifar_jax's Winograd kernels already) at batch 1024.
+Seconds a step after compiling (the median of --repeats timed passes of --steps steps), and each
+way's speed against the last; with several models, their last ways once more, one pass of each
+in turn (drift hits them alike: the figure to compare the models by). The models: `plain`, a CNN
+as Flax's docs write one (nn.Conv(32), BatchNorm, max-pool, nn.Conv(64), BatchNorm, max-pool,
+dropout, Dense) at batch 256; `kernels`, the same written with
+`conv_general_dilated=ops.conv_as_matmul`; `nnx`, the same written in Flax NNX (`nnx.Conv(3, 32,
+(3, 3), rngs=rngs)`, ...); `cnn`, the tutorial's CNN at batch 32; `resnet8`, examples/resnet8.py
+at batch 32; `airbench94`, the recipe's network (its convolutions cifar_jax's Winograd kernels
+already) at batch 1024.
 """
 
 import argparse
@@ -37,7 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks.throughput import describe_device
+from benchmarks.throughput import describe_device, interleaved_medians
 from cifar_jax import ops, steps, train_state
 from cifar_jax.config import Config
 from cifar_jax.models import from_nnx
@@ -163,7 +165,15 @@ def measure(name, n_steps, repeats):
               f"{row['seconds_per_step']:8.3f} s/step  {row['batch'] / row['seconds_per_step']:8,.0f}"
               f" img/s  x{row['speed_vs_chosen']:.2f} of as matmuls  (first call "
               f"{row['first_call_s']:.1f} s)", flush=True)
-    return rows
+    return rows, _images_per_s(run, batch_size * n_steps)  # the last way: how the steps run it
+
+
+def _images_per_s(run, images):
+    def timed():
+        start = time.perf_counter()
+        run()
+        return images / (time.perf_counter() - start)
+    return timed
 
 
 def main(argv=None):
@@ -175,7 +185,16 @@ def main(argv=None):
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
     print(describe_device(), flush=True)
-    rows = [row for name in args.models for row in measure(name, args.steps, args.repeats)]
+    measured = {name: measure(name, args.steps, args.repeats) for name in args.models}
+    rows = [row for model_rows, _ in measured.values() for row in model_rows]
+    if len(measured) > 1:  # the models' chosen ways again, their passes in turn: drift hits all
+        speeds = interleaved_medians({name: run for name, (_, run) in measured.items()},
+                                     args.repeats)
+        first = args.models[0]
+        print("as matmuls, passes in turn: " + ", ".join(
+            f"{name} {rate:,.0f} img/s (x{rate / speeds[first]:.2f} of {first})"
+            for name, rate in speeds.items()), flush=True)
+        rows.append({"interleaved_images_per_s": speeds})
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

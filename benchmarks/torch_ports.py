@@ -25,7 +25,8 @@ import numpy as np
 def _load_dynamo_before_tensorflow():
     """torch.optim imports torch._dynamo, which imports triton, whose native library crashes
     the process (segfault) when TensorFlow's is already loaded, as `cifar_jax.data` loads it.
-    So load them now; if TensorFlow is in already, hide triton instead (nothing here compiles)."""
+    So load them now; if TensorFlow is in already, hide triton instead (only CUDA's
+    torch.compile needs it; the CPU's, `--torch-compile`, generates C++)."""
     if "triton" not in sys.modules and "tensorflow" in sys.modules:
         sys.modules["triton"] = None  # `import triton` then fails cleanly; torch copes
     import torch._dynamo  # noqa: F401
@@ -294,14 +295,18 @@ def train(port, train_images, train_labels, test_images, test_labels, *, seed=0,
     return result
 
 
-def throughput_pass(port, batch_size=None, steps=4, device="cpu", warmup=2):
+def throughput_pass(port, batch_size=None, steps=4, device="cpu", warmup=2,
+                    torch_compile=False):
     """A function that runs `steps` training steps of `port`'s network and optimiser on random
     data and returns the images/s they ran at: the same step as `train`, no data loading or
-    augmentation. `warmup` steps run once first, untimed."""
+    augmentation. `warmup` steps run once first, untimed (with `torch_compile`, the network's
+    forward and backward compiled by `torch.compile` there: `nn.Module.compile`, in place)."""
     batch_size = batch_size or port.BATCH_SIZE
     device = torch_device(device)
     torch.manual_seed(0)
     net = port.make_net(device)
+    if torch_compile:
+        net.compile()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     x = torch.randn(batch_size, 3, 32, 32, device=device, dtype=dtype)  # NCHW, as crops are
     y = torch.randint(0, 10, (batch_size,), device=device)
