@@ -26,7 +26,7 @@ def build(name, dtype="float32", settings=None):
     signature names them, the rest set on the module it builds (`Module.clone`)."""
     build_ = lookup("model", name).obj
     if _is_nnx_class(build_):
-        from cifar_jax.models import from_nnx  # flax.nnx takes 0.2 s to import: only for one
+        from cifar_jax.models import from_nnx  # here: a Linen run never imports flax.nnx
 
         build_ = from_nnx.builder(build_)
     settings = dict(settings or {})

@@ -49,7 +49,6 @@ class FromNNX(nnx.bridge.ToLinen):
 def builder(nnx_class):
     """A build function for `nnx_class`, with its signature: `build(**settings)` is the Linen
     module of `nnx_class(**settings, rngs=...)`."""
-
     keywords = parameters(nnx_class)
 
     def build(**settings):
