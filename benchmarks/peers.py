@@ -5,6 +5,7 @@ the given in-memory float32 images (NHWC, [0, 1]), the way each framework's own 
 (Keras's `model.fit`, PyTorch's ordinary loop), and returns the images/s it reached.
 """
 
+import functools
 import os
 import time
 
@@ -42,7 +43,9 @@ def keras_trainer(name, batch_size, images, labels):
     return train_pass
 
 
-def torch_trainer(name, batch_size, images, labels):
+def torch_trainer(name, batch_size, images, labels, torch_compile=False):
+    """PyTorch's trainer; with `torch_compile`, the model compiled by torch.compile
+    (`nn.Module.compile`, in place): the peer "torch.compile"."""
     import torch
     from torch import nn
 
@@ -56,6 +59,8 @@ def torch_trainer(name, batch_size, images, labels):
                               nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                               nn.Linear(64 * 6 * 6, 64), nn.ReLU(), nn.Linear(64, 10))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if torch_compile:
+        model.compile()
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # NCHW, torch's layout
     y = torch.from_numpy(labels.astype(np.int64))
     loss_fn = nn.CrossEntropyLoss()
@@ -85,6 +90,7 @@ def available():
         import torch  # noqa: F401
 
         found["torch"] = torch_trainer
+        found["torch.compile"] = functools.partial(torch_trainer, torch_compile=True)
     except ImportError:
         pass
     return found

@@ -214,8 +214,10 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"],
                    default=["float32"] if jax.default_backend() == "cpu" else ["float32", "bfloat16"],
                    help="computation dtypes (default: float32 on a CPU, both elsewhere)")
-    p.add_argument("--peers", nargs="*", default=["keras", "torch"], choices=["keras", "torch"],
-                   help="frameworks to measure beside cifar_jax when importable (default: both)")
+    p.add_argument("--peers", nargs="*", default=["keras", "torch"],
+                   choices=["keras", "torch", "torch.compile"],
+                   help="frameworks to measure beside cifar_jax when importable (default: keras "
+                        "torch; torch.compile: PyTorch with the model under torch.compile)")
     add_pass_flags(p, 8192)
     args = p.parse_args(argv)
     rows = run(args.models, args.batch_sizes, args.dtypes, args.images, args.repeats, args.peers)
