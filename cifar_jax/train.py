@@ -154,9 +154,9 @@ def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resu
 
 
 def _checked_plan(config, workdir, resume):
-    """`programs.plan(config)`, once the run may start: refusals come before anything is touched, and
-    before the training is announced (a piece that breaks its contract: one line, nothing
-    written). Its contracts' notes go to stderr."""
+    """`programs.plan(config)`, once the run may start: refusals come before anything is
+    touched, and before the training is announced (a piece that breaks its contract: one line,
+    nothing written). Its contracts' notes go to stderr."""
     if resume:
         run.check_resumable(config, workdir)
     else:
@@ -319,4 +319,3 @@ def _writing(workdir):
     except (checkpoint.CheckpointError, run.RunError) as e:
         raise type(e)(f"{e}; the run stopped there: fix that, then continue with: "
                       f"{run.resume_command(workdir)}") from None
-
