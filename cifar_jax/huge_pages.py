@@ -59,7 +59,10 @@ def use():
     tunables = wanted()
     if tunables is None:
         return
-    os.environ["GLIBC_TUNABLES"] = tunables
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+                  {**os.environ, "GLIBC_TUNABLES": tunables})
+    except OSError:  # no interpreter to start again (an embedded Python): go on as is
+        pass

@@ -43,12 +43,26 @@ def test_use_starts_the_same_command_again(host, monkeypatch):
     monkeypatch.delenv(huge_pages.ENV, raising=False)
     monkeypatch.setattr(sys, "orig_argv", ["python3", "-m", "cifar_jax.train", "--model", "cnn"])
     calls = []
-    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append((path, argv)))
+
+    def execve(path, argv, env):
+        calls.append((path, argv, env["GLIBC_TUNABLES"]))
+        monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])  # as the new process starts
+    monkeypatch.setattr(os, "execve", execve)
     huge_pages.use()
-    assert calls == [(sys.executable, [sys.executable, "-m", "cifar_jax.train", "--model", "cnn"])]
-    assert os.environ["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    assert calls == [(sys.executable, [sys.executable, "-m", "cifar_jax.train", "--model", "cnn"],
+                      "glibc.malloc.hugetlb=1")]
     huge_pages.use()  # started again: nothing more
     assert len(calls) == 1
+
+
+def test_use_goes_on_when_it_cannot_start_again(host, monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+
+    def execve(path, argv, env):
+        raise FileNotFoundError(path)
+    monkeypatch.setattr(os, "execve", execve)
+    huge_pages.use()  # no exception: the command goes on with 4 KiB pages
+    assert "GLIBC_TUNABLES" not in os.environ
 
 
 @pytest.mark.skipif(huge_pages.wanted({}) is None,
