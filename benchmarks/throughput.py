@@ -159,13 +159,16 @@ def run(models, batch_sizes, dtypes, n_images, repeats, peer_names):
     return rows
 
 
-def interleaved_medians(passes, repeats):
+def interleaved_medians(passes, repeats, settle=0):
     """{side: the median of `repeats` images/s of its pass}: `passes` maps each side to a
     function that runs one timed pass and returns its images/s; the sides take turns, so that
-    drift hits every side alike."""
+    drift hits every side alike. `settle` untimed passes run before each timed one: a side
+    coming back from waiting on the others can run slower than it trains (see airbench.py)."""
     rates = {side: [] for side in passes}
     for _ in range(repeats):
         for side, train_pass in passes.items():
+            for _ in range(settle):
+                train_pass()
             rates[side].append(train_pass())
     return {side: statistics.median(r) for side, r in rates.items()}
 

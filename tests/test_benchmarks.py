@@ -1,5 +1,5 @@
 """The benchmarks' command lines where a peer is missing: `--help` works, a run says in one line
-what to install."""
+what to install; and how their passes are timed."""
 
 import sys
 
@@ -21,3 +21,27 @@ def test_airbench_without_torch_names_the_extra_to_install(monkeypatch, capsys):
     assert captured.out == ""
     assert captured.err == ("error: benchmarks.airbench runs the PyTorch port beside cifar_jax, "
                             "and PyTorch is not installed: pip install -e \".[peers]\"\n")
+
+
+def test_interleaved_medians_take_turns_and_time_only_the_settled_passes():
+    from benchmarks.throughput import interleaved_medians
+
+    calls = []
+
+    def side(name, rates):
+        rates = iter(rates)
+
+        def train_pass():
+            calls.append(name)
+            return next(rates)
+        return train_pass
+
+    # each side's first pass of a turn is slow (it came back from waiting): settle=1 drops it
+    result = interleaved_medians({"a": side("a", [1, 10, 1, 30, 1, 20]),
+                                  "b": side("b", [2, 5, 2, 7, 2, 6])}, repeats=3, settle=1)
+    assert result == {"a": 20, "b": 6}
+    assert calls == ["a", "a", "b", "b"] * 3
+    calls.clear()
+    assert interleaved_medians({"a": side("a", [3, 1, 2]), "b": side("b", [4, 6, 5])},
+                               repeats=3) == {"a": 2, "b": 5}
+    assert calls == ["a", "b"] * 3
