@@ -79,10 +79,9 @@ def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94",
                                              torch_compile=torch_compile)
     torch_warmup_s = time.perf_counter() - start
     # One untimed pass before each timed one (`settle`): on 2 cores of an Intel Xeon, a
-    # cifar_jax pass that followed 14 s of the process waiting (on the other side's pass, or
-    # on nothing) ran at 169-208 img/s where back-to-back passes ran at 261-277
-    # (airbench94_muon); a training run never waits between its calls. PyTorch's passes did
-    # not slow that way. docs/results.md (2026-12-04, Xeon).
+    # cifar_jax pass that followed PyTorch's ran at 201 img/s, and 228 after 5 s more, where
+    # back-to-back passes ran at 250 (airbench94_muon); a training run never waits between its
+    # calls. PyTorch's passes did not slow that way. docs/results.md (2026-12-04, Xeon).
     result = interleaved_medians({"cifar_jax": jax_side.train_pass, "pytorch": torch_pass},
                                  repeats, settle)
     result["ratio"] = result["cifar_jax"] / result["pytorch"]

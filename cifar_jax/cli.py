@@ -32,11 +32,7 @@ class OneLineParser(argparse.ArgumentParser):
     def __init__(self, **kwargs):
         super().__init__(epilog="environment: CIFAR_JAX_COMPILATION_CACHE=0 turns off JAX's "
                                 "persistent compilation cache (on by default, in "
-                                "~/.cache/cifar_jax/jax; =DIR moves it); "
-                                "CIFAR_JAX_HUGE_PAGES=0 keeps training from starting itself "
-                                "again with glibc's malloc asking for huge pages "
-                                "(GLIBC_TUNABLES=glibc.malloc.hugetlb=1, on Linux where the "
-                                "kernel gives them on request)", **kwargs)
+                                "~/.cache/cifar_jax/jax; =DIR moves it)", **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -12,18 +12,7 @@ import time
 
 import jax
 
-from cifar_jax import (
-    checkpoint,
-    compilation,
-    data,
-    huge_pages,
-    parallel,
-    run,
-    signals,
-    stack,
-    sweep,
-    train,
-)
+from cifar_jax import checkpoint, compilation, data, parallel, run, signals, stack, sweep, train
 from cifar_jax.cli import (
     SETTINGS_HELP,
     OneLineParser,
@@ -83,8 +72,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    if argv is None:  # the command line itself (cifar-jax-train): huge pages for XLA's buffers
-        huge_pages.use()
     args, settings = parse_args(argv)
     workdir = args.workdir
     parallel.initialize()

@@ -8,9 +8,6 @@ points and seeds. The loop below reads the same for all; what differs is N and t
 import sys
 
 if __name__ == "__main__":  # python -m cifar_jax.train: main.py's command line, before the body
-    from cifar_jax import huge_pages
-
-    huge_pages.use()  # may start the command again, before JAX is imported (huge_pages.py)
     from cifar_jax.main import main  # below: main imports it as cifar_jax.train, and only once
 
     sys.exit(main())
