@@ -1,6 +1,7 @@
 """cifar_jax's two CPU convolutions against each other: `ops.conv_as_matmul` (im2col: shifted
 slices and one matmul) and `ops.conv_winograd` (Winograd's F(2x2, 3x3): 16 matmuls, 4/9 of the
-multiplies), on airbench94's 3x3 layers one by one and in its whole training step.
+multiplies; as the recipes run it, and on every layer, the first with 24 channels too), on
+airbench94's 3x3 layers one by one and in its whole training step.
 
     python -m benchmarks.convs                       # layers at batch 128, the step at 1024
     python -m benchmarks.convs --step-batch-size 512 --json out.json
@@ -13,6 +14,7 @@ program each).
 """
 
 import argparse
+import functools
 import json
 import time
 
@@ -25,7 +27,10 @@ from cifar_jax import ops, register_model
 from cifar_jax.config import lookup
 from cifar_jax.models.airbench import AirbenchNet
 
-CONVS = {"im2col": ops.conv_as_matmul, "winograd": ops.conv_winograd}
+# "winograd" as the recipes run it (layers of fewer than 64 input channels by im2col: the first),
+# "winograd_all" with every 3x3 layer of 4x4 outputs or more by Winograd, the first too.
+CONVS = {"im2col": ops.conv_as_matmul, "winograd": ops.conv_winograd,
+         "winograd_all": functools.partial(ops.conv_winograd, min_channels=1)}
 NHWC = ("NHWC", "HWIO", "NHWC")
 # airbench94's 3x3 convolutions: (input side, in channels, out channels, padding). Each group's
 # conv1 pads for the pool after it (`ops.same_padding_for_pool`), its conv2 is 'SAME'.
@@ -39,6 +44,10 @@ def airbench94_im2col(dtype):
 
 def airbench94_winograd(dtype):
     return AirbenchNet(dtype=dtype, conv=ops.conv_winograd)
+
+
+def airbench94_winograd_all(dtype):
+    return AirbenchNet(dtype=dtype, conv=CONVS["winograd_all"])
 
 
 def _best_ms(fn, args, repeats):
@@ -63,26 +72,26 @@ def layers(batch_size, repeats):
                 return (conv(x, w, (1, 1), padding, dimension_numbers=NHWC) ** 2).sum()
             row[f"{name}_ms"] = _best_ms(jax.jit(jax.grad(loss, (0, 1))), (x, w), repeats)
         rows.append(row)
-        print(f"{side}x{side}x{cin} -> {cout}: forward + backward im2col {row['im2col_ms']:.1f} ms, "
-              f"winograd {row['winograd_ms']:.1f} ms (x{row['im2col_ms'] / row['winograd_ms']:.2f})",
-              flush=True)
+        print(f"{side}x{side}x{cin} -> {cout}: forward + backward "
+              + ", ".join(f"{name} {row[f'{name}_ms']:.1f} ms" for name in CONVS), flush=True)
     total = {name: sum(r[f"{name}_ms"] for r in rows) for name in CONVS}
-    print(f"all layers: x{total['im2col'] / total['winograd']:.2f}", flush=True)
+    print("all layers: " + ", ".join(f"{name} x{total['im2col'] / total[name]:.2f}"
+                                     for name in CONVS), flush=True)
     return rows
 
 
 def step(batch_size, steps_per_pass, repeats):
     recipe = lookup("model", "airbench94").recipe
-    for build in (airbench94_im2col, airbench94_winograd):
+    for build in (airbench94_im2col, airbench94_winograd, airbench94_winograd_all):
         register_model(build.__name__, build, **recipe)
     sides = {name: JaxSide(batch_size, steps_per_pass, recipe=f"airbench94_{name}")
              for name in CONVS}
     result = interleaved_medians({name: side.train_pass for name, side in sides.items()}, repeats)
     result["ratio"] = result["winograd"] / result["im2col"]
     result.update({f"{name}_compile_s": side.compile_s for name, side in sides.items()})
-    print(f"airbench94 step, batch {batch_size}: im2col {result['im2col']:,.1f} img/s (compile "
-          f"{result['im2col_compile_s']:.1f} s), winograd {result['winograd']:,.1f} img/s (compile "
-          f"{result['winograd_compile_s']:.1f} s): x{result['ratio']:.2f}", flush=True)
+    print(f"airbench94 step, batch {batch_size}: " + ", ".join(
+        f"{name} {result[name]:,.1f} img/s (compile {result[f'{name}_compile_s']:.1f} s)"
+        for name in CONVS) + f"; winograd x{result['ratio']:.2f} im2col", flush=True)
     return result
 
 

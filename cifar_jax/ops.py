@@ -171,7 +171,7 @@ def _combine(parts, matrix):
 
 def conv_winograd(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
                   dimension_numbers=None, feature_group_count=1, precision=None,
-                  preferred_element_type=None):
+                  preferred_element_type=None, min_channels=64):
     """A 3x3 stride-1 NHWC convolution by Winograd's F(2x2, 3x3): 4/9 of the multiplies.
 
     Drop-in for `lax.conv_general_dilated`, as `conv_as_matmul`: the same parameters and, in
@@ -184,9 +184,18 @@ def conv_winograd(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_d
     transformed inputs and then copies them into the stack, which costs more than it saves (the
     price of 16: about twice the compile time of `conv_as_matmul`). An odd output side is
     computed one row (column) longer and cropped, so small outputs gain little: outputs smaller
-    than 4x4, other kernel sizes, strides and anything `conv_as_matmul` hands on go there.
+    than 4x4, inputs of fewer than `min_channels` channels (below), other kernel sizes, strides
+    and anything `conv_as_matmul` hands on go there.
+
+    Few input channels: the 16 products' inner dimension is `cin`, im2col's one is 9 * cin, and
+    the Winograd arrays are 4x the layer's input and output. Forward and backward at batch 1024
+    on 2 Xeon cores (`python -m benchmarks.convs --batch-size 1024`): 31x31x24 -> 64, im2col
+    0.89 s, Winograd 1.05 s; 15x15x64 -> 64, 0.61 and 0.54 s. With a pool and GELU after,
+    31x31 inputs: 32 channels im2col 1.00 s, Winograd 1.10 s; 48: 1.42 and 1.49 s
+    (docs/results.md, 2026-12-04).
     """
     winograd = (rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1)
+                and rhs.shape[2] >= min_channels
                 and _plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                                 feature_group_count))
     if winograd:
@@ -220,7 +229,32 @@ def conv_winograd(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_d
     blocks = [_combine([rows[c][i] for c in range(4)], _WINOGRAD_AT)  # ... A:
               for i in range(2)]  # blocks[i][j] = outputs [2t + i, 2s + j]
     out = jnp.stack([jnp.stack(r, axis=3) for r in blocks], axis=2)  # [b, th, 2, tw, 2, cout]
-    return out.reshape(b, 2 * th, 2 * tw, cout)[:, :oh, :ow]
+    return _gradient_in_memory(out.reshape(b, 2 * th, 2 * tw, cout)[:, :oh, :ow])
+
+
+@jax.custom_vjp
+def _gradient_in_memory(x):
+    """`x`, whose gradient is computed once and written to memory before it is used.
+
+    The transpose of Winograd's output transform reads the output's gradient 16 times (once
+    for each product's gradient), and XLA:CPU fuses the cheap operations that compute it (a
+    pool's, a norm's and an activation's gradients) into each of those 16 fusions: it computed
+    them 16 times, reading their 8 or so inputs each time (group 1 of airbench94: 16 fusions of
+    28 ms a step). A conditional's operand is one place XLA cannot fuse through
+    (`lax.optimization_barrier` is dropped before fusion on the CPU): with it, those fusions took
+    19 ms each. The predicate only needs to be unknown to the compiler; both branches return
+    the gradient. Under `vmap` (seeds batched, as on accelerators) the predicate is batched,
+    JAX makes the conditional a select, XLA removes it, and the program is as without this.
+    """
+    return x
+
+
+def _gradient_in_memory_bwd(_, g):
+    first = g.reshape(-1)[0]
+    return (lax.cond(first == first, lambda g: g, lambda g: g * 1, g),)
+
+
+_gradient_in_memory.defvjp(lambda x: (x, None), _gradient_in_memory_bwd)
 
 
 # --------------------------------------------------------------------------------------------
