@@ -232,30 +232,30 @@ def _dots(conv, x, w, strides, padding):
 @pytest.mark.parametrize("size, padding", [((15, 15), "SAME"), ((16, 12), "VALID"),
                                            ((31, 31), ((1, 0), (1, 0))), ((9, 6), ((2, 0), (0, 1)))])
 def test_conv_winograd_equals_lax_conv_and_its_gradients(size, padding):
-    """Odd and even outputs, airbench's conv1 padding (31 -> 30), uneven padding; 64 -> 8
-    channels (fewer go to im2col)."""
-    x, w = normal(0, (2, *size, 64)), normal(1, (3, 3, 64, 8))
+    """Odd and even outputs, airbench's conv1 padding (31 -> 30), uneven padding; 3 -> 8 channels
+    (by Winograd: `min_channels=1`)."""
+    winograd = functools.partial(conv_winograd, min_channels=1)
+    x, w = normal(0, (2, *size, 3)), normal(1, (3, 3, 3, 8))
     apply = jax.jit(lambda conv, x, w: conv(x, w, (1, 1), padding,
                                             dimension_numbers=("NHWC", "HWIO", "NHWC")),
                     static_argnums=0)
     g = normal(2, jax.eval_shape(apply, lax.conv_general_dilated, x, w).shape)
     loss = jax.jit(jax.value_and_grad(lambda conv, x, w: (apply(conv, x, w) * g).sum(), (1, 2)),
                    static_argnums=0)
-    assert _dots(conv_winograd, x, w, (1, 1), padding) == 18
-    def assert_close(a, b):  # to float32 rounding of sums of 576 (or more) products
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6 * float(np.abs(b).max()))
-
-    assert_close(apply(conv_winograd, x, w), apply(lax.conv_general_dilated, x, w))
-    (value, grads) = loss(conv_winograd, x, w)
+    assert _dots(winograd, x, w, (1, 1), padding) == 18
+    np.testing.assert_allclose(apply(winograd, x, w), apply(lax.conv_general_dilated, x, w),
+                               rtol=1e-5, atol=1e-5)
+    (value, grads) = loss(winograd, x, w)
     (ref_value, ref_grads) = loss(lax.conv_general_dilated, x, w)
-    np.testing.assert_allclose(value, ref_value, rtol=1e-4)  # a sum with cancellations
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for a, b in zip(grads, ref_grads, strict=True):
-        assert_close(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
 def test_conv_winograd_writes_its_output_gradient_to_memory_once():
     """XLA:CPU keeps the conditional that stops it from recomputing the output's gradient in
-    each of the 16 products' gradients; batched over seeds (vmap) it is a select: same values."""
+    each of the 16 products' gradients (64 input channels: Winograd by default); batched over
+    seeds (vmap) it is a select that XLA removes: the same values."""
     x, w = normal(0, (2, 8, 8, 64)), normal(1, (3, 3, 64, 8))
 
     def loss(x, w):
@@ -265,8 +265,10 @@ def test_conv_winograd_writes_its_output_gradient_to_memory_once():
     grad = jax.jit(jax.grad(loss, (0, 1)))
     assert "conditional(" in grad.lower(x, w).compile().as_text()
     assert "conditional(" not in jax.jit(loss).lower(x, w).compile().as_text()  # forward: none
-    batched = jax.jit(jax.vmap(jax.grad(loss, (0, 1))))(x[None].repeat(2, 0), w[None].repeat(2, 0))
-    for a, b in zip(batched, grad(x, w), strict=True):
+    batched_grad = jax.jit(jax.vmap(jax.grad(loss, (0, 1))))
+    xs, ws = x[None].repeat(2, 0), w[None].repeat(2, 0)
+    assert "conditional(" not in batched_grad.lower(xs, ws).compile().as_text()
+    for a, b in zip(batched_grad(xs, ws), grad(x, w), strict=True):
         np.testing.assert_allclose(a[1], b, rtol=1e-6, atol=1e-6)
 
 
