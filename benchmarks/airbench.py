@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from benchmarks.throughput import describe_device, interleaved_medians
-from cifar_jax import data, steps, train_state
+from cifar_jax import data, hugepages, steps, train_state
 from cifar_jax.config import Config
 from cifar_jax.train import train_and_evaluate
 
@@ -185,4 +185,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.restart()  # as the command lines train: cifar_jax/hugepages.py
     sys.exit(main())

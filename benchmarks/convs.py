@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks.airbench import JaxSide
 from benchmarks.throughput import describe_device, interleaved_medians
-from cifar_jax import ops, register_model
+from cifar_jax import hugepages, ops, register_model
 from cifar_jax.config import lookup
 from cifar_jax.models.airbench import AirbenchNet
 
@@ -116,4 +116,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.restart()  # as the command lines train: cifar_jax/hugepages.py
     main()

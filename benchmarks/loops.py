@@ -40,7 +40,7 @@ import optax
 from flax import nnx
 
 from benchmarks.throughput import describe_device, interleaved_medians
-from cifar_jax import ops, steps, train_state
+from cifar_jax import hugepages, ops, steps, train_state
 from cifar_jax.config import Config
 from cifar_jax.models import from_nnx
 from cifar_jax.registry import lookup
@@ -201,4 +201,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.restart()  # as the command lines train: cifar_jax/hugepages.py
     main()

@@ -14,6 +14,7 @@ import json
 import jax
 
 from benchmarks.throughput import JaxSide, add_pass_flags, describe_device, interleaved_medians
+from cifar_jax import hugepages
 
 
 def measure(name, batch_size, num_seeds, n_images, repeats, single):
@@ -50,4 +51,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.restart()  # as the command lines train: cifar_jax/hugepages.py
     main()

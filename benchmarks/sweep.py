@@ -18,6 +18,7 @@ import json
 import jax
 
 from benchmarks.throughput import JaxSide, add_pass_flags, describe_device, interleaved_medians
+from cifar_jax import hugepages
 
 
 def main(argv=None):
@@ -52,4 +53,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.restart()  # as the command lines train: cifar_jax/hugepages.py
     main()

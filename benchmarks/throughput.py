@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from benchmarks import peers
-from cifar_jax import data, parallel, stack, steps, train_state
+from cifar_jax import data, hugepages, parallel, stack, steps, train_state
 from cifar_jax.config import Config
 
 # Multiply-accumulates per image of each layer, from its shapes; the first layer needs no
@@ -232,4 +232,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.restart()  # as the command lines train: cifar_jax/hugepages.py
     main()

@@ -12,7 +12,18 @@ import time
 
 import jax
 
-from cifar_jax import checkpoint, compilation, data, parallel, run, signals, stack, sweep, train
+from cifar_jax import (
+    checkpoint,
+    compilation,
+    data,
+    hugepages,
+    parallel,
+    run,
+    signals,
+    stack,
+    sweep,
+    train,
+)
 from cifar_jax.cli import (
     SETTINGS_HELP,
     OneLineParser,
@@ -72,6 +83,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    if argv is None:  # the command line itself (`cifar-jax-train`), not a call from Python
+        hugepages.restart()
     args, settings = parse_args(argv)
     workdir = args.workdir
     parallel.initialize()

@@ -8,6 +8,9 @@ points and seeds. The loop below reads the same for all; what differs is N and t
 import sys
 
 if __name__ == "__main__":  # python -m cifar_jax.train: main.py's command line, before the body
+    from cifar_jax import hugepages
+
+    hugepages.restart()  # before JAX is imported, so that starting again costs little
     from cifar_jax.main import main  # below: main imports it as cifar_jax.train, and only once
 
     sys.exit(main())
