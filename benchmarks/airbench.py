@@ -29,7 +29,7 @@ import numpy as np
 from benchmarks.throughput import describe_device, interleaved_medians
 from cifar_jax import data, hugepages, steps, train_state
 from cifar_jax.config import Config
-from cifar_jax.train import train_and_evaluate
+from cifar_jax.train import freeze, train_and_evaluate
 
 # recipe -> its PyTorch port's module, and the batch size it trains at
 PORTS = {"airbench94": ("benchmarks.airbench_torch", 1024),
@@ -46,13 +46,18 @@ class JaxSide:
     """cifar_jax's compiled step of an airbench recipe on random uint8 images kept on the
     device."""
 
-    def __init__(self, batch_size, steps_per_pass, dtype="float32", recipe="airbench94"):
+    def __init__(self, batch_size, steps_per_pass, dtype="float32", recipe="airbench94",
+                 first_step=0):
         config = Config.for_model(recipe, batch_size=batch_size, dtype=dtype)
         rng = np.random.default_rng(0)
         n = batch_size * steps_per_pass
         images = rng.integers(0, 256, (n, 32, 32, 3), np.uint8)
         self.images, self.labels = jax.device_put((images, rng.integers(0, 10, n).astype(np.int32)))
-        self.state = train_state.from_config(config, jax.random.key(0), 50_000, images)
+        state = train_state.from_config(config, jax.random.key(0), 50_000, images)
+        # A run's steps from `first_step` on: without the gradients of parameters the
+        # optimiser has stopped training by then, as `train.train_epoch` runs them.
+        self.state = freeze(state, state.recipe, train_state.freezing(config, 50_000, state.params),
+                            first_step)
         self.idx, self.mask = data.batch_indices(n, batch_size, jax.random.key(1))
         self.key = jax.random.key(2)
         start = time.perf_counter()
@@ -71,12 +76,38 @@ class JaxSide:
 
 def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94", dtype="float32",
                torch_compile=False, settle=1):
-    jax_side = JaxSide(batch_size, steps_per_pass, dtype, recipe)
+    """Each side's images/s in each phase of a run's steps: while the stem's bias trains, and
+    after (no gradient for it: cifar_jax's `StepRecipe.frozen`, PyTorch's requires_grad or
+    detach, as the ports train); and over a whole run's steps, each phase by its share."""
+    config = Config.for_model(recipe, batch_size=batch_size)
+    per_epoch, total = train_state.run_length(config, 50_000)
+    stem = train_state.from_config(config, jax.random.key(0)).params  # its paths only
+    starts = sorted({0, *(step for step in train_state.freezing(config, 50_000, stem).values()
+                          if step < total)})
+    phases = []
+    for first, end in zip(starts, [*starts[1:], total]):
+        phases.append({"first_step": first, "steps": end - first,
+                       **_phase(batch_size, steps_per_pass, repeats, device, recipe, dtype,
+                                torch_compile, settle, first, per_epoch)})
+    result = {side: total / sum(p["steps"] / p[side] for p in phases)
+              for side in ("cifar_jax", "pytorch")}
+    result["ratio"] = result["cifar_jax"] / result["pytorch"]
+    result.update(phases=phases, torch_compile=torch_compile, settle=settle)
+    if len(phases) > 1:
+        print(f"{recipe}, a run's {total} steps: cifar_jax {result['cifar_jax']:,.0f} img/s, "
+              f"PyTorch {result['pytorch']:,.0f} img/s (x{result['ratio']:.2f})", flush=True)
+    return result
+
+
+def _phase(batch_size, steps_per_pass, repeats, device, recipe, dtype, torch_compile, settle,
+           first_step, steps_per_epoch):
+    jax_side = JaxSide(batch_size, steps_per_pass, dtype, recipe, first_step)
     from benchmarks import torch_ports  # with PyTorch, as the port
 
     start = time.perf_counter()
     torch_pass = torch_ports.throughput_pass(port(recipe), batch_size, steps_per_pass, device,
-                                             torch_compile=torch_compile)
+                                             torch_compile=torch_compile, first_step=first_step,
+                                             steps_per_epoch=steps_per_epoch)
     torch_warmup_s = time.perf_counter() - start
     # One untimed pass before each timed one (`settle`): on 2 cores of an Intel Xeon, a
     # cifar_jax pass that followed PyTorch's ran at 201 img/s, and 228 after 5 s more, where
@@ -86,12 +117,13 @@ def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94",
                                  repeats, settle)
     result["ratio"] = result["cifar_jax"] / result["pytorch"]
     result["cifar_jax_compile_s"] = jax_side.compile_s
-    result["pytorch_warmup_s"], result["torch_compile"] = torch_warmup_s, torch_compile
-    result["settle"] = settle
-    print(f"{recipe} batch {batch_size}: cifar_jax {result['cifar_jax']:,.0f} img/s, PyTorch"
-          f"{' (torch.compile)' if torch_compile else ''} {result['pytorch']:,.0f} img/s "
-          f"(x{result['ratio']:.2f}); cifar_jax compile {jax_side.compile_s:.1f} s, PyTorch's "
-          f"set-up and warm-up steps {torch_warmup_s:.1f} s", flush=True)
+    result["pytorch_warmup_s"] = torch_warmup_s
+    print(f"{recipe} batch {batch_size}, steps from {first_step} "
+          f"({', '.join(jax_side.state.recipe.frozen) or 'nothing'} frozen): cifar_jax "
+          f"{result['cifar_jax']:,.0f} img/s, PyTorch{' (torch.compile)' if torch_compile else ''}"
+          f" {result['pytorch']:,.0f} img/s (x{result['ratio']:.2f}); cifar_jax compile "
+          f"{jax_side.compile_s:.1f} s, PyTorch's set-up and warm-up steps {torch_warmup_s:.1f} s",
+          flush=True)
     return result
 
 

@@ -296,11 +296,13 @@ def train(port, train_images, train_labels, test_images, test_labels, *, seed=0,
 
 
 def throughput_pass(port, batch_size=None, steps=4, device="cpu", warmup=2,
-                    torch_compile=False):
+                    torch_compile=False, first_step=0, steps_per_epoch=None):
     """A function that runs `steps` training steps of `port`'s network and optimiser on random
     data and returns the images/s they ran at: the same step as `train`, no data loading or
     augmentation. `warmup` steps run once first, untimed (with `torch_compile`, the network's
-    forward and backward compiled by `torch.compile` there: `nn.Module.compile`, in place)."""
+    forward and backward compiled by `torch.compile` there: `nn.Module.compile`, in place).
+    The steps are numbered from `first_step`, in epochs of `steps_per_epoch`, as a run's are
+    there: airbench's stem bias has no gradient once its epochs are over."""
     batch_size = batch_size or port.BATCH_SIZE
     device = torch_device(device)
     torch.manual_seed(0)
@@ -312,9 +314,10 @@ def throughput_pass(port, batch_size=None, steps=4, device="cpu", warmup=2,
     y = torch.randint(0, 10, (batch_size,), device=device)
     port.init_whitening(net.whiten, x)
     total = 1_000_000  # a long schedule: the passes never reach its end
-    run_steps = port.Steps(net, batch_size, total, total)
+    run_steps = port.Steps(net, batch_size, total, steps_per_epoch or total)
+    run_steps.epoch(first_step // (steps_per_epoch or total))
     net.train()
-    done = 0
+    done = first_step
 
     def run(n):
         nonlocal done

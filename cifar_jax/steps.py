@@ -11,6 +11,7 @@ import optax
 
 from cifar_jax import augment, ops, optim
 from cifar_jax.data import to_float
+from cifar_jax.optim.sgd import key_name
 from cifar_jax.registry import lookup
 
 
@@ -23,8 +24,10 @@ class StepRecipe(NamedTuple):
     pairs), applied on the device to each batch in that order; swept: for a sweep, (key,
     setting) of the loss's and the augmentations' swept settings ("loss.gamma",
     "augment.NAME.SETTING"), whose values each model holds in its state's `hyperparams[key]`;
-    lookahead_steps: the run's length for lookahead's schedule (0: no lookahead). Names and
-    plain values only, so that equal recipes share one compiled step.
+    lookahead_steps: the run's length for lookahead's schedule (0: no lookahead); frozen: the
+    paths ("whiten/bias") of parameters the optimiser no longer changes, whose gradient the
+    step does not take (`train_state.freezing`). Names and plain values only, so that equal
+    recipes share one compiled step.
     """
 
     loss: str = "cross_entropy"
@@ -33,6 +36,7 @@ class StepRecipe(NamedTuple):
     augment: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     swept: tuple[tuple[str, str], ...] = ()
     lookahead_steps: int = 0
+    frozen: tuple[str, ...] = ()
 
     def pieces(self, values=None):
         """({setting: value} of the loss, [(name, {setting: value})] of the augmentations): the
@@ -113,6 +117,8 @@ def train_step(state, batch, key):
     per_example_loss = lookup("loss", recipe.loss).obj
 
     def loss_fn(params):
+        if recipe.frozen:
+            params = _without_gradient(params, recipe.frozen)
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, to_float(images), train=True,
             rngs={"dropout": dropout_key}, mutable=["batch_stats"])
@@ -132,6 +138,21 @@ def train_step(state, batch, key):
                                             recipe.lookahead_steps)
         new = new.replace(ema=ema, params=current["params"], batch_stats=current["batch_stats"])
     return new, _metrics(logits, losses, batch)
+
+
+def _without_gradient(params, paths):
+    """`params` with those at `paths` ("whiten/bias") under `stop_gradient`: their gradient is
+    zero, and XLA drops the backward pass that only they needed, as PyTorch skips what a
+    parameter with requires_grad=False would need. airbench's stem bias, frozen after its
+    first 3 epochs: the first layer's input gradient, airbench94's step 315-318 -> 330-334
+    img/s on 2 Xeon cores (docs/results.md, 2026-12-05)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: jax.lax.stop_gradient(p) if path_name(path) in paths else p, params)
+
+
+def path_name(path):
+    """A parameter's path in its tree (a JAX key path) as a string: "group1/conv1/kernel"."""
+    return "/".join(key_name(key) for key in path)
 
 
 SELECTIVE = 3  # the test-time augmentation level of cifar10-speedrun's selective TTA

@@ -59,7 +59,7 @@ class Stopped(Exception):
 
 
 def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, first=0, stop=None,
-                names=("",), diverged=None, all_may=False):
+                names=("",), diverged=None, all_may=False, frozen_from=None):
     """The batches `idx[:, first:]` of one epoch of a stack of N models (`idx`, `mask`, `key`
     each model's, [N, ...]; `names` theirs), in compiled calls of a PROGRESS_UPDATES-th of it,
     each moving the bar.
@@ -70,10 +70,14 @@ def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, fi
     a sweep (`diverged`, a set), where a point's value may well be too large, the models it
     happens to are added to `diverged` and the others train on, unless all have diverged (and
     not `all_may`: a program of a sweep of several, whose other programs train on).
+    `frozen_from` ({parameter path: batch of this epoch}, from `train_state.freezing`) says from
+    which call on the steps take no gradient for a parameter the optimiser no longer changes
+    (a second program, compiled once).
     """
     n_steps = idx.shape[1]
     per_call = -(-n_steps // PROGRESS_UPDATES)  # a resumed epoch starts on a call boundary
     train_batches = steps.train_batches_stacked(len(idx))
+    recipe = state.recipe if frozen_from else None  # the run's, for evaluation after
     chunks = []
 
     def read(start, metrics):  # waits for the call that computed `metrics`
@@ -104,6 +108,8 @@ def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, fi
                 done = start
                 break
             part = slice(start, start + per_call)
+            if frozen_from:
+                state = freeze(state, recipe, frozen_from, start)
             state, metrics = train_batches(state, images, labels, idx[:, part], mask[:, part],
                                            key, epoch - 1)
             if pending:
@@ -111,7 +117,14 @@ def train_epoch(state, images, labels, idx, mask, key, epoch, desc, progress, fi
             pending = start, metrics
         if pending:
             read(*pending)
-    return state, chunks, done
+    return (state.replace(recipe=recipe) if recipe else state), chunks, done
+
+
+def freeze(state, recipe, frozen_from, step):
+    """`state` with `recipe`, its `frozen` the parameters frozen by `step` ({parameter path:
+    the step it is frozen from}, `train_state.freezing`)."""
+    frozen = tuple(sorted(path for path, first in frozen_from.items() if first <= step))
+    return state.replace(recipe=recipe._replace(frozen=frozen))
 
 
 def train_and_evaluate(config: Config, workdir: str, progress: bool = True, resume: bool = False,
@@ -233,6 +246,7 @@ def _train(config, workdir, splits, progress, resume, stop, program=None):
     saved_step = train_state.steps_done(state)
     epoch_log = log.EpochLog(top, config, models, done + 1)
     multiplier = train_state.optimizer(config, n_train)[1]
+    freezing = train_state.freezing(config, n_train, state.params)
     diverged = set() if models.swept else None  # a sweep's models whose loss diverged
     compiled = compilation.Tally()  # what each epoch compiled, for its line
     where = f"program {program.index + 1}/{program.count}, " if program else ""
@@ -248,10 +262,12 @@ def _train(config, workdir, splits, progress, resume, stop, program=None):
             n_images = int(mask[:, first:].sum())  # all models'; on the host: no collective
             idx, mask = jax.device_put((idx, mask), parallel.batch_split(mesh, stacked=True))
             desc = f"{where}epoch {epoch}/{n_epochs}"
+            first_step = (epoch - 1) * steps_per_epoch
             try:
-                state, chunks, batches = train_epoch(state, train_images, train_labels, idx, mask,
-                                                     step_key, epoch, desc, progress, first, stop,
-                                                     models.labels, diverged, bool(program))
+                state, chunks, batches = train_epoch(
+                    state, train_images, train_labels, idx, mask, step_key, epoch, desc, progress,
+                    first, stop, models.labels, diverged, bool(program),
+                    {path: step - first_step for path, step in freezing.items()})
             except TrainingError as e:
                 raise _diverged(e, config, workdir, models, saved) from None
             partial += chunks

@@ -4,6 +4,7 @@ batch; and building a fresh one from a run's config."""
 
 import dataclasses
 import functools
+import inspect
 import math
 from typing import Any
 
@@ -17,7 +18,7 @@ from flax import struct
 from cifar_jax import models, ops, optim
 from cifar_jax.data import IMAGE_SHAPE
 from cifar_jax.registry import CONTRACTS, ExtensionError, lookup, parameters
-from cifar_jax.steps import StepRecipe
+from cifar_jax.steps import StepRecipe, path_name
 
 DEFAULT_RECIPE = StepRecipe()
 
@@ -124,14 +125,11 @@ def optimizer(config, n_train, point=None):
     schedule. For a sweep, `point` gives the swept settings' values (by default its first
     point's), and the optimiser's become leaves of its state (`optax.inject_hyperparams`),
     which each member's state sets to its own (`from_config`)."""
-    per_epoch, total = run_length(config, n_train)
+    total = run_length(config, n_train)[1]
     fn = lookup("optimizer", config.optimizer).obj
     swept = optimizer_arguments(config)
     point = config.points()[0] if point is None else point
-    given = {"batch_size": config.batch_size, "total_steps": total, "steps_per_epoch": per_epoch,
-             "dtype": config.dtype, "schedule": config.schedule,
-             **config.settings_for("optimizer"),
-             **{swept[setting]: value for setting, value in point.items() if setting in swept}}
+    given = _given(config, n_train, point)
     learning_rate = point.get("learning_rate", config.learning_rate)  # the first argument
     names = parameters(fn)
     arguments = tuple((name, given[name]) for name in list(names)[1:] if name in given)
@@ -140,6 +138,43 @@ def optimizer(config, n_train, point=None):
     multiplier = optim.SCHEDULES[config.schedule](total)
     return (_transformation(config.optimizer, fn, learning_rate, arguments, static,
                             config.schedule, total), lambda step: float(multiplier(step)))
+
+
+def _given(config, n_train, point):
+    """What the run gives its optimiser by name: the batch size, the run's length, ..., its
+    own settings, and a sweep's `point`'s values of those it sweeps."""
+    per_epoch, total = run_length(config, n_train)
+    swept = optimizer_arguments(config)
+    return {"batch_size": config.batch_size, "total_steps": total, "steps_per_epoch": per_epoch,
+            "dtype": config.dtype, "schedule": config.schedule,
+            **config.settings_for("optimizer"),
+            **{swept[setting]: value for setting, value in point.items() if setting in swept}}
+
+
+def freezing(config, n_train, params):
+    """{parameter path ("whiten/bias"): the first (0-based) step from which the optimiser
+    leaves it unchanged} of the parameters the run's optimiser stops training, as its
+    `freezes` attribute says (airbench's stem bias after 3 epochs: `optim.nesterov`); {} for
+    an optimiser without one. In a sweep, those every point freezes, from the step the last
+    one does. From then on the steps take no gradient for them (`StepRecipe.frozen`): what
+    PyTorch's requires_grad_(False) spares.
+
+    `freezes(paths, **arguments)`: `paths` are the parameters' ("group1/conv1/kernel"), the
+    arguments all of the optimiser's, as the run calls it (its defaults filled in)."""
+    fn = lookup("optimizer", config.optimizer).obj
+    if not hasattr(fn, "freezes"):
+        return {}
+    paths = [path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    names = parameters(fn)
+    found = []
+    for point in config.points():
+        given = {next(iter(names)): config.learning_rate, **_given(config, n_train, point)}
+        arguments = inspect.signature(fn).bind_partial(
+            **{name: value for name, value in given.items() if name in names})
+        arguments.apply_defaults()
+        found.append(fn.freezes(paths, **arguments.arguments))
+    return {path: max(f[path] for f in found) for path in found[0]
+            if all(path in f for f in found)}
 
 
 # Equal arguments (the settings are numbers, strings and tuples, `Config` checks) give the same

@@ -23,6 +23,7 @@ import cifar_jax
 from cifar_jax import evaluate, main, ops, predict, steps, train_state
 from cifar_jax.config import Config, ConfigError
 from cifar_jax.registry import REGISTRY
+from cifar_jax.run import load_state
 
 
 class Tiny(nn.Module):
@@ -282,3 +283,50 @@ def test_airbench94s_optimiser_is_a_function_of_the_learning_rate_like_any_other
     decay = 0.0153 * 1024 / 11.5
     assert float(updates["norm1"]["bias"][0]) / float(updates["conv"]["kernel"][0]) == (
         pytest.approx((64 + decay) / (1 + decay), rel=1e-5))
+
+
+FREEZING = '''
+import jax
+import optax
+
+
+def head_bias(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "head_bias" if jax.tree_util.keystr(path) == "['Dense_0']['bias']"
+        else "rest", params)
+
+
+def sgd_head_bias_for(learning_rate=0.1, bias_epochs=1, *, steps_per_epoch):
+    """SGD, the head's bias only for its first `bias_epochs` epochs."""
+    steps = bias_epochs * steps_per_epoch
+    stop = optax.scale_by_schedule(lambda count: (count < steps).astype("float32"))
+    return optax.multi_transform({"head_bias": optax.chain(optax.sgd(learning_rate), stop),
+                                  "rest": optax.sgd(learning_rate)}, head_bias)
+
+
+sgd_head_bias_for.freezes = lambda paths, bias_epochs, steps_per_epoch, **_: {
+    path: bias_epochs * steps_per_epoch for path in paths if path == "Dense_0/bias"}
+'''
+
+
+def test_a_users_optimiser_says_what_it_freezes_and_the_steps_stop_its_gradient(
+        mypieces, mock_cifar10, tmp_path, monkeypatch):
+    (mypieces / "myfreeze.py").write_text(FREEZING)
+    frozen, real = [], steps.train_batches_one
+
+    def spy(state, *args, **kwargs):
+        frozen.append(state.recipe.frozen)
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "train_batches_one", spy)
+    workdir = str(tmp_path / "run")
+    assert main.main(["--model", "mypieces:Tiny", "--optimizer", "myfreeze:sgd_head_bias_for",
+                      "--optimizer.bias_epochs", "1", "--epochs", "2", "--dtype", "bfloat16",
+                      "--eval-batch-size", "32", "--workdir", workdir, "--no-progress"]) == 0
+    # 70 mock images at batch 32: 3 steps an epoch, one a call; frozen from step 3
+    assert frozen == [()] * 3 + [("Dense_0/bias",)] * 3
+    first, second = load_state(workdir, epoch=1)[1], load_state(workdir, epoch=2)[1]
+    np.testing.assert_array_equal(first.params["Dense_0"]["bias"],
+                                  second.params["Dense_0"]["bias"])
+    assert not np.array_equal(first.params["Dense_0"]["kernel"], second.params["Dense_0"]["kernel"])
+    assert not np.array_equal(first.params["Dense_0"]["bias"], 0)  # it trained in epoch 1

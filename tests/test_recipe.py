@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from conftest import register_narrow_airbench
 from PIL import Image
 
-from cifar_jax import data, evaluate, predict, steps
+from cifar_jax import data, evaluate, predict, steps, train_state
 from cifar_jax.config import REGISTRY, Config
 from cifar_jax.models.airbench import whitening_kernel
 from cifar_jax.run import load_state
@@ -123,3 +123,30 @@ def test_predict_uses_the_recipes_tta(airbench_run, narrow, tmp_path, capsys):
     expected = jax.nn.softmax(jax.jit(lambda v, x: steps.tta_logits(model.apply, v, x, 2))(
         variables, image / 255.0))[0]  # compiled: op by op, six views of a net take seconds
     assert got["probability"] == pytest.approx(float(expected.max()), rel=1e-5)
+
+
+def test_the_stem_bias_once_frozen_costs_no_gradient_and_changes_no_number(narrow, mock_cifar10,
+                                                                          tmp_path, monkeypatch):
+    """Frozen after epoch 1 (2 steps): from then on the steps take no gradient for it (what
+    PyTorch's requires_grad_(False) spares), and the run is the run that computed it."""
+    config = Config.for_model("airbench94_narrow", batch_size=32, eval_batch_size=32, epochs=2,
+                              settings={"optimizer.whiten_bias_epochs": 1})
+    frozen, real = [], steps.train_batches_one
+
+    def spy(state, *args, **kwargs):
+        frozen.append(state.recipe.frozen)
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "train_batches_one", spy)
+    train_and_evaluate(config, str(tmp_path / "frozen"), progress=False)
+    assert frozen == [(), (), ("whiten/bias",), ("whiten/bias",)]  # one step a call
+    monkeypatch.setattr(train_state, "freezing", lambda *args: {})
+    train_and_evaluate(config, str(tmp_path / "computed"), progress=False)
+    assert rows(tmp_path / "frozen") == rows(tmp_path / "computed")
+    (_, a, _), (_, b, _) = load_state(tmp_path / "frozen"), load_state(tmp_path / "computed")
+    # The same weights, statistics and lookahead average (the stem bias's momentum buffer is
+    # not: it no longer gets the gradient, and its updates are zero either way).
+    for x, y in zip(jax.tree.leaves((a.step, a.variables, a.ema)),
+                    jax.tree.leaves((b.step, b.variables, b.ema)), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.params["whiten"]["bias"], 0)  # it trained in epoch 1

@@ -61,3 +61,41 @@ def test_models_without_batch_norm_have_empty_batch_stats():
     assert state.batch_stats == {}
     new, _ = jax.jit(steps.train_step)(state, batch(), jax.random.key(1))
     assert new.batch_stats == {}
+
+
+def test_a_frozen_parameter_gets_no_gradient_and_the_rest_train_as_before():
+    state = train_state.create(BatchNormNet(), optax.sgd(0.1), jax.random.key(0))
+    frozen = state.replace(recipe=state.recipe._replace(frozen=("Dense_0/bias",)))
+    step = jax.jit(steps.train_step)
+    new, metrics = step(state, batch(), jax.random.key(1))
+    new_frozen, metrics_frozen = step(frozen, batch(), jax.random.key(1))
+    bias = state.params["Dense_0"]["bias"]
+    assert not np.array_equal(new.params["Dense_0"]["bias"], bias)  # sgd moves it when it can
+    np.testing.assert_array_equal(new_frozen.params["Dense_0"]["bias"], bias)
+    for path in (("conv", "kernel"), ("conv", "bias"), ("norm", "bias"), ("Dense_0", "kernel")):
+        np.testing.assert_array_equal(new_frozen.params[path[0]][path[1]],
+                                      new.params[path[0]][path[1]])
+    assert jax.tree.map(np.asarray, metrics_frozen) == jax.tree.map(np.asarray, metrics)
+
+
+def test_freezing_asks_the_optimiser_which_parameters_it_stops_training_and_when():
+    import cifar_jax.recipes  # noqa: F401  (registers the recipes)
+    from cifar_jax.config import Config
+
+    def paths(model):
+        state = train_state.from_config(Config.for_model(model), jax.random.key(0))
+        return state.params
+
+    airbench = paths("airbench94")
+    # airbench94: 48 steps an epoch (50,000 // 1024), the stem's bias trains 3 epochs
+    assert train_state.freezing(Config.for_model("airbench94"), 50_000, airbench) == {
+        "whiten/bias": 144}
+    two = Config.for_model("airbench94", settings={"optimizer.whiten_bias_epochs": 2})
+    assert train_state.freezing(two, 50_000, airbench) == {"whiten/bias": 96}
+    # airbench94_muon: 25 steps an epoch; its lr reaches zero at step ceil(3 x 25)
+    assert train_state.freezing(Config.for_model("airbench94_muon"), 50_000,
+                                paths("airbench94_muon")) == {"whiten/bias": 75}
+    # a sweep: from the last point's step; an optimiser that freezes nothing: {}
+    swept = Config.for_model("airbench94", sweep={"optimizer.whiten_bias_epochs": [1.0, 2.0]})
+    assert train_state.freezing(swept, 50_000, airbench) == {"whiten/bias": 96}
+    assert train_state.freezing(Config.for_model("cnn"), 50_000, paths("cnn")) == {}

@@ -27,7 +27,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cifar_jax.optim.nesterov import NORM_BIAS, WHITEN_BIAS, WHITEN_KERNEL, airbench_param_label
+from cifar_jax.optim.nesterov import (
+    NORM_BIAS,
+    WHITEN_BIAS,
+    WHITEN_KERNEL,
+    airbench_param_label,
+    stem_bias_frozen,
+)
 from cifar_jax.optim.sgd import key_name, partition, torch_sgd
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic's a, b, c
@@ -241,3 +247,12 @@ steps_per_epoch and schedule, which the run gives.
         },
         muon_param_labels,
     )
+
+
+def _muon_freezes(paths, *, whiten_bias_epochs, steps_per_epoch, **_):
+    return stem_bias_frozen(paths, math.ceil(whiten_bias_epochs * steps_per_epoch))
+
+
+# What `muon` stops training, and from which step (`train_state.freezing`): the stem's bias
+# once its learning rate has reached zero.
+muon.freezes = _muon_freezes

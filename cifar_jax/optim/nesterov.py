@@ -138,5 +138,21 @@ def nesterov(learning_rate=11.5, momentum=0.85, weight_decay=0.0153, bias_scaler
     whiten_bias_epochs  epochs the whitening stem's bias trains (then it is frozen)
     """
     return airbench_sgd(lr=learning_rate, momentum=momentum, weight_decay=weight_decay,
-                              batch_size=batch_size, bias_scaler=bias_scaler,
-                              whiten_bias_steps=round(whiten_bias_epochs * steps_per_epoch))
+                        batch_size=batch_size, bias_scaler=bias_scaler,
+                        whiten_bias_steps=round(whiten_bias_epochs * steps_per_epoch))
+
+
+def stem_bias_frozen(paths, steps):
+    """{path: `steps`} for the parameter paths ("whiten/bias") among `paths` that
+    `airbench_param_label` calls `WHITEN_BIAS`: what an optimiser's `freezes` returns when
+    the stem's bias gets no update from (0-based) step `steps` on."""
+    return {path: steps for path in paths
+            if airbench_param_label(path.split("/")) == WHITEN_BIAS}
+
+
+def _nesterov_freezes(paths, *, whiten_bias_epochs, steps_per_epoch, **_):
+    return stem_bias_frozen(paths, round(whiten_bias_epochs * steps_per_epoch))
+
+
+# What `nesterov` stops training, and from which step (`train_state.freezing`).
+nesterov.freezes = _nesterov_freezes
