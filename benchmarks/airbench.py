@@ -9,7 +9,9 @@ training images/s, and test accuracy (with TTA) over several seeds.
     python -m benchmarks.airbench --recipe cifar10_speedrun --throughput  # batch 1536
 
 Throughput: steady-state training steps on random data (compilation and warm-up apart), passes
-taken in turn so that drift hits both sides alike; the median counts. Accuracy: each seed trains
+taken in turn so that drift hits both sides alike; the median counts. Each phase of a run's
+steps apart (while the stem's bias trains, and after: no gradient for it on either side), and a
+whole run's images/s from them. Accuracy: each seed trains
 in full on each side (`--epochs` shortens the run and its schedules alike); the summary gives
 mean ± std (ddof 1) of the TTA test accuracy and of the training seconds.
 """
