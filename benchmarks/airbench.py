@@ -83,8 +83,8 @@ def throughput(batch_size, steps_per_pass, repeats, device, recipe="airbench94",
     detach, as the ports train); and over a whole run's steps, each phase by its share."""
     config = Config.for_model(recipe, batch_size=batch_size)
     per_epoch, total = train_state.run_length(config, 50_000)
-    stem = train_state.from_config(config, jax.random.key(0)).params  # its paths only
-    starts = sorted({0, *(step for step in train_state.freezing(config, 50_000, stem).values()
+    params = jax.eval_shape(lambda: train_state.from_config(config, jax.random.key(0)).params)
+    starts = sorted({0, *(step for step in train_state.freezing(config, 50_000, params).values()
                           if step < total)})
     phases = []
     for first, end in zip(starts, [*starts[1:], total]):
