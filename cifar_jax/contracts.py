@@ -77,6 +77,8 @@ def _optimizer(config, params, n_train):
     _attempt("optimizer", config.optimizer, _traced(config)
              if train_state.optimizer_arguments(config) else "failed to update the model's "
              "parameters", jax.eval_shape, lambda p: tx.update(p, tx.init(p), p), params)
+    _attempt("optimizer", config.optimizer, "failed in its freezes(paths, ...)",
+             train_state.freezing, config, n_train, params)
 
 
 def _values(recipe):

@@ -172,7 +172,12 @@ def freezing(config, n_train, params):
         arguments = inspect.signature(fn).bind_partial(
             **{name: value for name, value in given.items() if name in names})
         arguments.apply_defaults()
-        found.append(fn.freezes(paths, **arguments.arguments))
+        frozen = fn.freezes(paths, **arguments.arguments)
+        if not isinstance(frozen, dict):
+            raise ExtensionError(f"optimizer {config.optimizer!r}: its freezes returned a "
+                                 f"{type(frozen).__name__}, not a dict {{parameter path such as "
+                                 f"{paths[0]!r}: the first step it is frozen from}}")
+        found.append(frozen)
     return {path: max(f[path] for f in found) for path in found[0]
             if all(path in f for f in found)}
 

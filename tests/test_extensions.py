@@ -142,6 +142,9 @@ BROKEN = {
     "pieces.py": "import jax.numpy as jnp, optax\n"
                  "def not_tx(learning_rate):\n"
                  "    return optax.adam\n"
+                 "def sgd(learning_rate):\n"
+                 "    return optax.sgd(learning_rate)\n"
+                 "sgd.freezes = lambda paths, **_: paths\n"
                  "def to_float(images, key):\n"
                  "    return images / 255.0\n"
                  "def crop(images, key):\n"
@@ -177,6 +180,9 @@ SHAPE, UINT8 = "[B, 32, 32, 3]", "uint8 images [B, 32, 32, 3]"
     (["--optimizer", "pieces:not_tx", "--learning-rate", "0.1"],
      ("optimizer 'pieces:not_tx' returned a function, not an optax.GradientTransformation; "
      "expected {optimizer}")),
+    (["--optimizer", "pieces:sgd", "--learning-rate", "0.1"],
+     ("optimizer 'pieces:sgd': its freezes returned a list, not a dict {{parameter path such as "
+      "'Conv_0/bias': the first step it is frozen from}}")),
     (["--augment", "flip,pieces:to_float"],
      ("augmentation 'pieces:to_float' returns float32 pixels up to 1 for white uint8 images: "
      "float pixels stay in the 0-255 scale; expected {augmentation}")),
