@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.throughput import describe_device, interleaved_medians
+from benchmarks.throughput import describe_device, device_name, interleaved_medians
 from cifar_jax import data, hugepages, steps, train_state
 from cifar_jax.config import Config
 from cifar_jax.train import freeze, train_and_evaluate
@@ -214,7 +214,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"recipe": args.recipe, "dtype": args.dtype, "backend": jax.default_backend(),
-                       "device": jax.devices()[0].device_kind, "jax": jax.__version__, **result},
+                       "device": device_name(), "jax": jax.__version__, **result},
                       f, indent=2)
 
 

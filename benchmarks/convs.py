@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from benchmarks.airbench import JaxSide
-from benchmarks.throughput import describe_device, interleaved_medians
+from benchmarks.throughput import describe_device, device_name, interleaved_medians
 from cifar_jax import hugepages, ops, register_model
 from cifar_jax.config import lookup
 from cifar_jax.models.airbench import AirbenchNet
@@ -111,7 +111,7 @@ def main(argv=None):
               "step": step(args.step_batch_size, args.steps, args.repeats)}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, **result},
+            json.dump({"device": device_name(), "jax": jax.__version__, **result},
                       f, indent=2)
 
 

@@ -11,9 +11,13 @@ side, so drift hits both alike; the median of `--repeats` passes counts. Synthet
 import argparse
 import json
 
-import jax
-
-from benchmarks.throughput import JaxSide, add_pass_flags, describe_device, interleaved_medians
+from benchmarks.throughput import (
+    JaxSide,
+    add_pass_flags,
+    describe_device,
+    device_name,
+    interleaved_medians,
+)
 from cifar_jax import hugepages
 
 
@@ -47,7 +51,7 @@ def main(argv=None):
                  for n in args.num_seeds]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": jax.devices()[0].device_kind, "rows": rows}, f, indent=2)
+            json.dump({"device": device_name(), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

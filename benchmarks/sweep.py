@@ -15,9 +15,13 @@ Synthetic data.
 import argparse
 import json
 
-import jax
-
-from benchmarks.throughput import JaxSide, add_pass_flags, describe_device, interleaved_medians
+from benchmarks.throughput import (
+    JaxSide,
+    add_pass_flags,
+    describe_device,
+    device_name,
+    interleaved_medians,
+)
 from cifar_jax import hugepages
 
 
@@ -49,7 +53,7 @@ def main(argv=None):
           f"{models} x {single.compile_s:.1f} s", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": jax.devices()[0].device_kind, **row}, f, indent=2)
+            json.dump({"device": device_name(), **row}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ the pixel values.
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import time
 
@@ -63,10 +65,42 @@ def matmul_gflops(n=2048, repeats=10):
     return 2 * n ** 3 / best / 1e9
 
 
+def cpu_name(cpuinfo="/proc/cpuinfo"):
+    """The host's CPU as the kernel names it, with its family and model numbers and the cores
+    this process may use: 'Intel(R) Xeon(R) Processor, family 6 model 207, 2 cores'.
+
+    Hosts sold under one name differ: two 2-core Intel Xeons both named "Intel(R) Xeon(R)
+    Processor" (models 167 and 207) ran airbench94 at x1.00 and x0.85 its PyTorch port
+    (docs/results.md, 2026-12-05), so each figure records its CPU's numbers. Without
+    /proc/cpuinfo (macOS, Windows): `platform.processor()`."""
+    try:
+        with open(cpuinfo) as f:
+            first = f.read().split("\n\n")[0]  # the first processor's block
+    except OSError:
+        first = ""
+    fields = {k.strip(): v.strip() for k, _, v in
+              (line.partition(":") for line in first.splitlines()) if v}
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f", family {fields['cpu family']} model {fields['model']}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores"
+
+
+def device_name():
+    """What the benchmarks' JSON records as "device": the CPU's `cpu_name()` on the CPU, else
+    JAX's device kind ("NVIDIA H200")."""
+    if jax.default_backend() == "cpu":
+        return cpu_name()
+    return jax.devices()[0].device_kind
+
+
 def describe_device():
-    """'cpu: 1 x cpu; jax 0.10.2': where a benchmark runs, its first line."""
-    return (f"{jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}; "
-            f"jax {jax.__version__}")
+    """'cpu: 1 x cpu (Intel(R) Xeon(R) Processor, family 6 model 207, 2 cores); jax 0.10.2':
+    where a benchmark runs, its first line."""
+    host = f" ({cpu_name()})" if jax.default_backend() == "cpu" else ""
+    return (f"{jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}"
+            f"{host}; jax {jax.__version__}")
 
 
 def add_pass_flags(parser, images, per="pass"):
@@ -185,7 +219,7 @@ def measure(name, dtype, batch_size, n_images, repeats, peer_names, found, peak)
     train_images_per_s = interleaved_medians(sides, repeats)
     eval_s = min(_timed(jax_side.eval_pass) for _ in range(repeats))
     row = {"model": name, "dtype": dtype, "batch_size": batch_size, "images_per_pass": n_images,
-           "device": jax.devices()[0].device_kind,
+           "device": device_name(),
            "train_images_per_s": train_images_per_s,
            "compile_s": jax_side.compile_s, "eval_compile_s": jax_side.eval_compile_s,
            "eval_images_per_s": n_images / eval_s,
@@ -227,7 +261,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"backend": jax.default_backend(), "devices": jax.device_count(),
-                       "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                       "device": device_name(), "jax": jax.__version__,
                        "rows": rows}, f, indent=2)
 
 

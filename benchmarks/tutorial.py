@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.throughput import cpu_name
+
 
 def timed_run(args):
     start = time.perf_counter()
@@ -37,7 +39,8 @@ def main(argv=None):
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     data_args = ["--data-dir", args.data_dir] if args.data_dir else []
-    results = {"models": args.models}
+    results = {"models": args.models, "cpu": cpu_name()}
+    print(f"host: {results['cpu']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         jax_seconds = training_seconds = 0.0
         for model in args.models:

@@ -45,3 +45,26 @@ def test_interleaved_medians_take_turns_and_time_only_the_settled_passes():
     assert interleaved_medians({"a": side("a", [3, 1, 2]), "b": side("b", [4, 6, 5])},
                                repeats=3) == {"a": 2, "b": 5}
     assert calls == ["a", "b"] * 3
+
+
+def test_the_benchmarks_name_the_cpu_by_its_family_and_model(tmp_path, monkeypatch):
+    import os
+
+    import jax
+
+    from benchmarks import throughput
+
+    cores = len(os.sched_getaffinity(0))
+    cpuinfo = tmp_path / "cpuinfo"
+    block = ("processor\t: {}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
+             "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512f amx_tile\n")
+    cpuinfo.write_text(block.format(0) + "\n" + block.format(1).replace("207", "143"))
+    assert throughput.cpu_name(cpuinfo) == (
+        f"Intel(R) Xeon(R) Processor, family 6 model 207, {cores} cores")
+    monkeypatch.setattr(throughput.platform, "processor", lambda: "arm")
+    assert throughput.cpu_name(tmp_path / "absent") == f"arm, {cores} cores"
+    assert jax.default_backend() == "cpu"  # the suite's backend: the JSON's "device" is the CPU
+    monkeypatch.setattr(throughput, "cpu_name", lambda: "a CPU, 2 cores")
+    assert throughput.device_name() == "a CPU, 2 cores"
+    assert throughput.describe_device() == (
+        f"cpu: {jax.device_count()} x cpu (a CPU, 2 cores); jax {jax.__version__}")
